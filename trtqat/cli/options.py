@@ -1,0 +1,86 @@
+"""Option groups shared by several commands (Polygraphy's argument groups, as click decorators).
+
+Each group adds the same flags, with the same names, defaults and help, wherever it is used:
+``--repo`` on every command that may unpickle upstream classes, the calibration flags on ``quantize`` and
+``sensitive``, ``--json`` on every report.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+PICKLE_WARNING = ("Checkpoints are pickles: loading one runs code from the file (torch.load with "
+                  "weights_only=False). Only pass checkpoints you trust.")
+
+
+def _compose(*decorators):
+    def wrap(func):
+        for dec in reversed(decorators):
+            func = dec(func)
+        return func
+    return wrap
+
+
+repo_option = click.option(
+    "--repo", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="TRTQAT_REPO",
+    help="Your YOLOv5/YOLOv7 clone, needed to unpickle upstream classes "
+         "[env TRTQAT_REPO; default: the current folder if it is a YOLO repo].")
+
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+
+size_option = click.option("--size", type=int, default=640, show_default=True,
+                           help="Square input size (a multiple of the model stride).")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+
+ignore_option = click.option(
+    "--ignore-policy", "ignore", multiple=True, metavar="REGEX",
+    help=r"Keep modules whose dotted name matches (re.match) in float; repeatable. Added to the family "
+         r"default, which keeps the final detect convs in float (e.g. 'model\.105\.m\..*').")
+
+calib_options = _compose(
+    click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
+                 help="Folder of calibration images (jpg/png/bmp, searched recursively)."),
+    size_option,
+    click.option("--batch-size", type=int, default=8, show_default=True, help="Images per calibration batch."),
+    click.option("--calib-batches", type=int, default=32, show_default=True,
+                 help="Number of calibration batches (at most)."),
+    click.option("--calib-method", type=click.Choice(["mse", "entropy", "percentile", "max"]), default="mse",
+                 show_default=True, help="How activation amax is chosen from the histograms."),
+    click.option("--percentile", type=float, default=99.99, show_default=True,
+                 help="Percentile for --calib-method percentile."),
+    device_option,
+)
+
+
+def calib_config(**kw):
+    """Pack the ``calib_options`` flags into a :class:`trtqat.quant.ptq.CalibConfig`."""
+    from ..quant.ptq import CalibConfig
+
+    return CalibConfig(calib_dir=kw["calib_dir"], size=kw["size"], batch_size=kw["batch_size"],
+                       calib_batches=kw["calib_batches"], method=kw["calib_method"], percentile=kw["percentile"],
+                       device=kw["device"])
+
+
+def pop(kwargs: dict, *names: str) -> dict:
+    """Remove ``names`` from ``kwargs`` and return them as a dict (helps commands forward option groups)."""
+    return {n: kwargs.pop(n) for n in names}
+
+
+def checkpoint_argument(func):
+    """The positional checkpoint argument (a path; existence is checked by the loader for one-line errors)."""
+    return click.argument("ckpt", type=click.Path(path_type=Path))(func)
+
+
+def progress_bar(description: str):
+    """A rich progress bar on stderr; returns (context manager, advance(n), set_total(n))."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .output import console
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console(stderr=True), transient=False)
+    task = prog.add_task(description, total=None)
+    return prog, functools.partial(prog.advance, task), (lambda n: prog.update(task, total=n))

@@ -1,0 +1,319 @@
+"""Scratch YOLOv5/YOLOv7-shaped checkpoints, repos and images for trtqat's tests and ``trtqat demo``.
+
+Why a fake repo and a subprocess: an upstream checkpoint is a pickle of whole modules whose classes
+live in the top-level packages ``models`` and ``utils`` of the user's clone. To produce files with the
+same pickle references (``models.yolo.DetectionModel``, ``models.common.Conv`` ...) the model is
+built and saved by a child Python whose ``sys.path`` starts with the fake repo, so the calling process
+never imports a ``models`` package of its own (it would shadow the other family's).
+
+The fake repos under ``trtqat/demo/repos/<family>/`` are written from scratch; they match upstream
+module names, attribute names and topology, not upstream code. This module imports only the standard
+library at load time (numpy/PIL are imported inside the image helpers, torch only in the child).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .._io import atomic_path
+
+FAMILIES = ("yolov5", "yolov7")
+DETECT_INDEX = {"yolov5": 24, "yolov7": 105}
+FORMS = ("ema", "model", "train", "bare")
+REPOS_DIR = Path(__file__).resolve().parent / "repos"
+REPO_FILES = ("models/__init__.py", "models/common.py", "models/yolo.py", "utils/__init__.py")
+
+COCO_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+# COCO's 80 detection classes use the category ids 1..90 with gaps (the "91 ids" of the 2014 paper).
+COCO80_TO_91 = tuple([*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+                      *range(72, 83), *range(84, 91)])
+
+
+def _check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    return family
+
+
+def write_repo(family: str, dest: str | os.PathLike, *, import_torchvision: bool = False) -> Path:
+    """Copy the fake ``family`` repo (``models/``, ``utils/``) into ``dest`` and return ``dest``.
+
+    Args:
+        family: ``"yolov5"`` or ``"yolov7"``.
+        dest: folder to create (existing files of the same names are overwritten).
+        import_torchvision: make ``models/common.py`` start with ``import torchvision`` like real clones,
+            to exercise trtqat's message when torchvision cannot be imported.
+    """
+    src = REPOS_DIR / _check_family(family)
+    dest = Path(dest)
+    for rel in REPO_FILES:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = (src / rel).read_text()
+        if import_torchvision and rel == "models/common.py":
+            text = "import torchvision  # noqa: F401  (as in upstream clones)\n" + text
+        target.write_text(text)
+    return dest
+
+
+def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "ema", half: bool = True,
+                    nc: int = 80, width: float | None = None, seed: int = 0,
+                    repo_dir: str | os.PathLike | None = None, name: str | None = None) -> tuple[Path, Path]:
+    """Build a scratch ``family`` model in a child Python and save it like upstream ``train.py`` does.
+
+    Forms (what ``torch.load`` returns):
+      * ``"ema"``: training checkpoint, ``{'epoch': -1, ..., 'model': None, 'ema': module, ...}``.
+      * ``"model"``: a release file. YOLOv5: ``strip_optimizer`` output (``'model'`` set, ``'ema'`` None);
+        YOLOv7: ``{'model': module, 'optimizer': None, 'training_results': None, 'epoch': -1}``.
+      * ``"train"``: both ``'model'`` and ``'ema'`` set, to different weights (loaders must take ``ema``).
+      * ``"bare"``: the module itself.
+
+    The module's BatchNorm statistics are set from a forward pass on random data and then perturbed
+    (and YOLOv7's ImplicitA/M perturbed), so outputs are non-degenerate and BN/implicit folding matters.
+
+    Args:
+        family: ``"yolov5"`` or ``"yolov7"``.
+        dest_dir: folder for the checkpoint (and for the repo when ``repo_dir`` is None).
+        form: one of ``FORMS``.
+        half: store fp16 modules (as upstream does).
+        nc: number of classes (80 gives COCO names).
+        width: width multiple (None: the fake repo's default, 1/8 of upstream base channels).
+        seed: torch seed for weights and BN statistics.
+        repo_dir: an existing fake repo to use; by default one is written to ``dest_dir/repo_<family>``.
+        name: checkpoint file name (default ``<family>_<form>.pt``).
+
+    Returns:
+        ``(checkpoint_path, repo_dir)``.
+
+    Raises:
+        RuntimeError: the child process failed (its stderr is in the message).
+    """
+    _check_family(family)
+    if form not in FORMS:
+        raise ValueError(f"unknown checkpoint form {form!r}; expected one of {FORMS}")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    repo = Path(repo_dir) if repo_dir is not None else write_repo(family, dest_dir / f"repo_{family}")
+    ckpt = dest_dir / (name or f"{family}_{form}.pt")
+    spec = {"family": family, "form": form, "half": half, "nc": nc, "width": width, "seed": seed,
+            "repo": str(repo.resolve())}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    with atomic_path(ckpt) as tmp:
+        spec["out"] = str(tmp)
+        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True,
+                              text=True, env=env, cwd=str(repo))
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the {family} checkpoint failed:\n{proc.stderr[-4000:]}")
+    return ckpt, repo
+
+
+# Runs in the child with the fake repo first on sys.path; argv[1] is the JSON spec from make_checkpoint.
+_CHILD = r"""
+import copy, json, sys
+spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["repo"])
+import torch
+import torch.nn as nn
+from models.yolo import Model
+
+torch.manual_seed(spec["seed"])
+FIVE = spec["family"] == "yolov5"
+NAMES = %(names)r
+
+
+def build(seed):
+    torch.manual_seed(seed)
+    kw = {"nc": spec["nc"]}
+    if spec["width"] is not None:
+        kw["width_multiple"] = spec["width"]
+    model = Model(**kw)
+    names = list(NAMES) if spec["nc"] == len(NAMES) else [f"class{i}" for i in range(spec["nc"])]
+    # YOLOv5 v7.0 stores names as {index: name}; YOLOv7 as a list.
+    model.names = dict(enumerate(names)) if FIVE else names
+    realistic_statistics(model, seed)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def realistic_statistics(model, seed):
+    # Random affine first, then running statistics measured with it (so activations stay normalised
+    # through ~100 layers), then a small offset so eval-mode BN is not an exact batch normalisation.
+    g = torch.Generator().manual_seed(seed + 1000)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        c = bn.num_features
+        bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.4, generator=g))
+        bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.train()
+    for _ in range(2):
+        model(torch.rand(2, 3, 160, 160, generator=g))
+    for bn in bns:
+        c = bn.num_features
+        bn.momentum = 0.03
+        bn.running_mean.add_(torch.randn(c, generator=g) * 0.05 * bn.running_var.sqrt())
+        bn.running_var.mul_(torch.empty(c).uniform_(0.9, 1.1, generator=g))
+    for m in model.modules():
+        name = type(m).__name__
+        if name == "ImplicitA":
+            m.implicit.copy_(torch.randn(m.implicit.shape, generator=g) * 0.1)
+        elif name == "ImplicitM":
+            m.implicit.copy_(1 + torch.randn(m.implicit.shape, generator=g) * 0.1)
+        elif name in ("Detect", "IDetect"):
+            for conv in m.m:  # trained heads give moderate logits; default init saturates the sigmoid
+                conv.weight.mul_(0.2)
+            m.grid = [torch.zeros(1) for _ in range(m.nl)] if not FIVE else [torch.empty(0) for _ in range(m.nl)]
+            if FIVE:
+                m.anchor_grid = [torch.empty(0) for _ in range(m.nl)]
+
+
+def finish(model):
+    model = model.half() if spec["half"] else model.float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+ema = finish(build(spec["seed"]))
+form = spec["form"]
+opt = {"weights": "", "cfg": f"{spec['family']}s.yaml" if FIVE else "cfg/training/yolov7.yaml",
+       "data": "data/coco.yaml", "imgsz": 640, "img_size": [640, 640], "batch_size": 16, "epochs": 300,
+       "single_cls": False, "rect": False}
+if form == "bare":
+    ckpt = ema
+elif form == "model" and not FIVE:
+    ckpt = {"model": ema, "optimizer": None, "training_results": None, "epoch": -1}
+else:
+    model = None
+    if form == "model":
+        model, ema = ema, None
+    elif form == "train":
+        model = finish(build(spec["seed"] + 1))
+    ckpt = {"epoch": -1, "best_fitness": None if form == "model" else 0.5, "model": model, "ema": ema,
+            "updates": None if form == "model" else 1000, "optimizer": None}
+    if FIVE:
+        ckpt.update({"opt": opt, "git": None, "date": "2023-01-01T00:00:00"})
+    else:
+        ckpt.update({"training_results": None, "wandb_id": None})
+torch.save(ckpt, spec["out"])
+""" % {"names": COCO_NAMES}
+
+
+# ---------------------------------------------------------------- images, labels, COCO json
+
+_SIZES = ((320, 240), (240, 320), (640, 480), (416, 416), (500, 375), (375, 500), (300, 200), (512, 288))
+
+
+def make_images(dest: str | os.PathLike, n: int = 8, size: tuple[int, int] | None = None, seed: int = 0, *,
+                labels: bool = False, formats: Sequence[str] = ("jpg", "png"), nc: int = 80,
+                labels_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``n`` synthetic RGB images (coloured rectangles/ellipses on textured backgrounds).
+
+    Names are COCO-like numeric stems (``000000000001.jpg`` ...) so a COCO evaluator can take the image id
+    from the stem. Formats cycle through ``formats``; sizes cycle through a fixed mixed list unless ``size``
+    (width, height) is given.
+
+    Args:
+        labels: also write YOLO labels (``class cx cy w h``, normalised) to ``labels_dir``, default the
+            sibling ``labels/`` folder of ``dest`` (upstream's ``images/`` -> ``labels/`` layout).
+        nc: classes drawn for the labels.
+
+    Returns:
+        The image paths in order.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    lab_dir = Path(labels_dir) if labels_dir is not None else dest.parent / "labels"
+    if labels:
+        lab_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = size if size is not None else _SIZES[i % len(_SIZES)]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = rng.uniform(40, 200, size=3)
+        grad = np.stack([base[c] + 40 * np.sin(xx / rng.uniform(15, 60) + c) * np.cos(yy / rng.uniform(15, 60))
+                         for c in range(3)], -1)
+        noise = rng.normal(0, 12, size=(h, w, 3))
+        img = Image.fromarray(np.clip(grad + noise, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        rows = []
+        for _ in range(int(rng.integers(1, 5))):
+            bw, bh = rng.uniform(0.1, 0.5) * w, rng.uniform(0.1, 0.5) * h
+            x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape([x0, y0, x0 + bw, y0 + bh], fill=colour, outline=(0, 0, 0))
+            cls = int(rng.integers(0, nc))
+            rows.append(f"{cls} {(x0 + bw / 2) / w:.6f} {(y0 + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+        ext = formats[i % len(formats)]
+        path = dest / f"{i + 1:012d}.{ext}"
+        img.save(path, quality=92) if ext in ("jpg", "jpeg") else img.save(path)
+        if labels:
+            (lab_dir / f"{path.stem}.txt").write_text("\n".join(rows) + "\n")
+        paths.append(path)
+    return paths
+
+
+def make_corrupt_image(dest: str | os.PathLike, name: str = "corrupt.jpg") -> Path:
+    """Write a file with an image suffix whose bytes are not a decodable image (error-path tests)."""
+    path = Path(dest) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG \x00\x01\x02")
+    return path
+
+
+def make_coco_json(images: Sequence[str | os.PathLike], dest: str | os.PathLike, *,
+                   labels_dir: str | os.PathLike | None = None, nc: int = 80,
+                   category_ids: Sequence[int] | None = None) -> Path:
+    """Write COCO-format ground truth for ``images`` from their YOLO label files.
+
+    Image ids are the numeric stems; category ids follow COCO's 91-id numbering when ``nc == 80``
+    (else ``class + 1``) unless ``category_ids`` is given. Boxes are ``[x, y, w, h]`` in pixels.
+    """
+    from PIL import Image
+
+    if category_ids is None:
+        category_ids = COCO80_TO_91 if nc == 80 else tuple(range(1, nc + 1))
+    names = COCO_NAMES if nc == 80 else tuple(f"class{i}" for i in range(nc))
+    out = {"images": [], "annotations": [],
+           "categories": [{"id": int(category_ids[c]), "name": names[c]} for c in range(nc)]}
+    for p in map(Path, images):
+        lab = (Path(labels_dir) if labels_dir is not None else p.parent.parent / "labels") / f"{p.stem}.txt"
+        with Image.open(p) as im:
+            w, h = im.size
+        image_id = int(p.stem) if p.stem.isdigit() else len(out["images"]) + 1
+        out["images"].append({"id": image_id, "file_name": p.name, "width": w, "height": h})
+        for line in lab.read_text().split("\n") if lab.exists() else []:
+            if not line.strip():
+                continue
+            c, cx, cy, bw, bh = line.split()
+            bw_px, bh_px = float(bw) * w, float(bh) * h
+            box = [float(cx) * w - bw_px / 2, float(cy) * h - bh_px / 2, bw_px, bh_px]
+            out["annotations"].append({"id": len(out["annotations"]) + 1, "image_id": image_id,
+                                       "category_id": int(category_ids[int(c)]), "bbox": [round(v, 3) for v in box],
+                                       "area": round(bw_px * bh_px, 3), "iscrowd": 0})
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out))
+    return dest
+

@@ -1,0 +1,146 @@
+"""Load the checkpoints upstream YOLOv5/YOLOv7 ``train.py`` writes, with one-line errors for bad input.
+
+Security: a ``.pt`` checkpoint is a pickle. ``torch.load(..., weights_only=False)`` executes code named in
+the file (it imports upstream classes and may run anything). trtqat only loads files the user names
+explicitly on the command line; never point it at a checkpoint you do not trust.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .family import FamilyInfo, detect_family
+from .repo import ENV_REPO, resolve_repo, upstream_on_path
+
+log = logging.getLogger(__name__)
+
+#: entries of an upstream checkpoint dict that may hold the module, in order of preference
+MODULE_KEYS = ("ema", "model")
+
+
+@dataclass
+class LoadedModel:
+    """A float32, eval-mode module plus what trtqat learned about it."""
+
+    model: Any  # torch.nn.Module
+    family: FamilyInfo
+    path: Path
+    repo: Path | None
+    source_key: str | None  # 'ema' / 'model' / None for a bare module
+    extra: dict = field(default_factory=dict)  # trtqat metadata when the file is a trtqat checkpoint
+
+
+def looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (torch >= 1.6) or a legacy pickle starting with 0x80."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"
+
+
+def torch_load(path: str | Path, repo: str | Path | None = None) -> tuple[Any, Path | None]:
+    """``torch.load`` a pickled checkpoint with the upstream clone importable; return (object, repo).
+
+    Raises InputError with one actionable line for: a missing file, a file that is not a torch checkpoint,
+    a pickle that needs upstream modules that cannot be imported (missing/wrong ``--repo``, or the repo's
+    own import of torchvision or another dependency failing).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint not found: {path}", "Check the path")
+    if not path.is_file():
+        raise InputError(f"checkpoint is not a file: {path}", "Pass a .pt file written by train.py or trtqat")
+    if not looks_like_torch_file(path):
+        raise InputError(f"{path} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle)",
+                         "Pass a .pt file written by YOLOv5/YOLOv7 train.py or by trtqat")
+    repo_path = resolve_repo(repo)
+    with upstream_on_path(repo_path), _quiet():
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            raise _import_error(exc, path, repo_path) from exc
+        except ImportError as exc:
+            raise _import_error(exc, path, repo_path) from exc
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path} could not be read as a PyTorch checkpoint ({exc})",
+                             "The file may be truncated or not a .pt file") from exc
+        except RuntimeError as exc:
+            if "torchvision" in str(exc):
+                raise _torchvision_error(exc, repo_path) from exc
+            raise InputError(f"{path} could not be read as a PyTorch checkpoint ({_first_line(exc)})",
+                             "The file may be truncated or not a .pt file") from exc
+    return obj, repo_path
+
+
+def _import_error(exc: ImportError, path: Path, repo: Path | None) -> InputError:
+    missing = getattr(exc, "name", None) or ""
+    top = missing.split(".")[0]
+    if "torchvision" in str(exc) or top == "torchvision":
+        return _torchvision_error(exc, repo)
+    if repo is None and top in ("models", "utils"):
+        return InputError(f"{path.name} pickles upstream classes and module '{missing}' could not be imported",
+                          f"Pass --repo /path/to/your/yolov5-or-yolov7 clone (or set {ENV_REPO})")
+    if repo is not None and top in ("models", "utils"):
+        return InputError(f"module '{missing}' needed by {path.name} is not in --repo {repo}",
+                          "Pass the clone (and version) the checkpoint was trained with")
+    where = f" while importing upstream code from {repo}" if repo else ""
+    return InputError(f"importing '{missing or exc}' failed{where}: {_first_line(exc)}",
+                      "Install the upstream repo's requirements (pip install -r requirements.txt)")
+
+
+def _torchvision_error(exc: BaseException, repo: Path | None) -> InputError:
+    where = f"the upstream code in {repo}" if repo else "the checkpoint's code"
+    return InputError(f"{where} imports torchvision, which failed to import ({_first_line(exc)})",
+                      "Install a torchvision build matching your torch (pip install torchvision==<match>); "
+                      "trtqat itself does not need it")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Upstream modules print banners on import; keep stdout clean for --json."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def extract_module(obj: Any, path: Path) -> tuple[Any, str | None]:
+    """The nn.Module inside an upstream checkpoint dict (``ema`` preferred, then ``model``) or a bare one."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj, None
+    if isinstance(obj, dict):
+        for key in MODULE_KEYS:
+            if isinstance(obj.get(key), torch.nn.Module):
+                return obj[key], key
+        keys = ", ".join(sorted(map(str, obj))) or "none"
+        raise InputError(f"{path} holds no model module (keys: {keys})",
+                         "Pass a checkpoint written by train.py (with an 'ema' or 'model' entry) or by trtqat")
+    raise InputError(f"{path} holds a {type(obj).__name__}, not a model",
+                     "Pass a checkpoint written by train.py or by trtqat")
+
+
+def load_checkpoint(path: str | Path, repo: str | Path | None = None) -> LoadedModel:
+    """Load an upstream YOLOv5/YOLOv7 checkpoint as a float32 eval-mode module with its family.
+
+    Security: runs ``torch.load(weights_only=False)`` — only for files the user passed explicitly.
+    """
+    path = Path(path)
+    obj, repo_path = torch_load(path, repo)
+    module, key = extract_module(obj, path)
+    module = module.float().eval()
+    return LoadedModel(model=module, family=detect_family(module), path=path, repo=repo_path,
+                       source_key=key, extra=obj.get("trtqat", {}) if isinstance(obj, dict) else {})

@@ -1,0 +1,76 @@
+"""Fuse a YOLO model for deployment before quantization (Conv+BN, RepConv branches, implicit layers).
+
+Why before quantization: TensorRT folds BatchNorm into the convolution and the implicit add/mul of
+YOLOv7's IDetect into the detect conv; quantizing the *fused* weights is what the engine will run, so
+calibration and QAT must see the fused model (this is the reference flow: upstream ``model.fuse()``
+before ``replace_to_quantization_module``).
+
+We call the upstream ``fuse()`` when the model has one (it knows its own blocks: RepConv, IDetect), and
+fall back to a generic Conv+BN fold for other models.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def fold_conv_bn(conv, bn):
+    """Return a new Conv2d equal to ``bn(conv(x))`` (eval-mode BN statistics)."""
+    import torch
+
+    fused = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        w = conv.weight.detach().clone()
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        fused.weight.copy_(w * scale.reshape(-1, 1, 1, 1))
+        b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((b - bn.running_mean) * scale + bn.bias.detach())
+    return fused.to(conv.weight.device)
+
+
+def generic_fuse(model) -> int:
+    """Fold ``m.bn`` into ``m.conv`` for every module that has both; returns how many were folded.
+
+    The module's forward must then skip BN: we switch to its ``forward_fuse``/``fuseforward`` when it
+    has one (upstream Conv blocks do) and otherwise replace ``bn`` by Identity.
+    """
+    import torch
+
+    n = 0
+    for m in model.modules():
+        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+            m.conv = fold_conv_bn(conv, bn)
+            fast = getattr(m, "forward_fuse", None) or getattr(m, "fuseforward", None)
+            if fast is not None:
+                delattr(m, "bn")
+                m.forward = fast
+            else:
+                m.bn = torch.nn.Identity()
+            n += 1
+    return n
+
+
+def is_fused(model) -> bool:
+    """True when no BatchNorm2d is left (already fused, e.g. a trtqat or deploy checkpoint)."""
+    import torch
+
+    return not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def fuse_model(model):
+    """Fuse ``model`` in place the way upstream deployment does; return it (eval mode)."""
+    model.eval()
+    if is_fused(model):
+        return model
+    if callable(getattr(model, "fuse", None)):
+        with contextlib.redirect_stdout(io.StringIO()):  # upstream fuse() prints a banner and model info
+            out = model.fuse()
+        model = out if out is not None else model
+    else:
+        log.info("model has no fuse(); folding Conv+BN generically (%d folded)", generic_fuse(model))
+    return model.eval()

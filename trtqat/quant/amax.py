@@ -1,0 +1,124 @@
+"""Amax (clipping range) from a collected histogram: MSE, entropy, percentile; and max.
+
+Why our own: pytorch-quantization 2.1.3's MSE search moves the histogram to CUDA (``.cuda()`` in
+``calib/histogram.py:_compute_amax_mse``) and runs one tiny fake-quant per candidate bin (~1900 Python
+iterations per quantizer). Here each search is one vectorised numpy computation over all candidates, on
+any machine. The results follow the same definitions as the reference so amax values match:
+
+- mse: candidate amax = bin centre ``i`` for ``i`` in ``range(start_bin, nbins, stride)``; pick the one
+  minimising ``mean(counts * (fake_quant(centres, amax) - centres)**2)`` (first minimum wins);
+- entropy: TensorRT's KL-divergence calibration over the first ``i`` bins (last minimum wins);
+- percentile: the bin edge where the CDF first reaches ``percentile``;
+- max: the largest absolute value seen.
+
+All functions take the histogram of **absolute values** (counts, edges) as numpy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("mse", "entropy", "percentile", "max")
+
+
+def _fake_quant(x: np.ndarray, amax: np.ndarray, num_bits: int, unsigned: bool) -> np.ndarray:
+    """pytorch-quantization's fake_tensor_quant (narrow range, round half to even) in float32."""
+    bound = np.float32(2.0 ** (num_bits - 1 + int(unsigned)) - 1.0)
+    scale = bound / amax
+    q = np.rint(x * scale)
+    q = np.clip(q, 0.0 if unsigned else -bound, bound)
+    return (q / scale).astype(np.float32)
+
+
+def mse_amax(counts: np.ndarray, edges: np.ndarray, num_bits: int = 8, unsigned: bool = False,
+             stride: int = 1, start_bin: int = 128, chunk: int = 256) -> float | None:
+    """Amax minimising the histogram-weighted quantization MSE (vectorised over candidates)."""
+    if counts is None or edges is None or len(counts) == 0:
+        return None
+    counts = np.asarray(counts, dtype=np.float32)
+    edges = np.asarray(edges, dtype=np.float32)
+    centers = ((edges[1:] + edges[:-1]) / np.float32(2)).astype(np.float32)
+    cand = np.arange(start_bin, len(centers), stride)
+    if len(cand) == 0:
+        return float(centers[-1])
+    n = np.float32(len(centers))
+    mses = np.empty(len(cand), dtype=np.float32)
+    for s in range(0, len(cand), chunk):  # chunked: (chunk x nbins) float32 stays ~2 MB
+        amax = centers[cand[s:s + chunk]][:, None]
+        err = _fake_quant(centers[None, :], amax, num_bits, unsigned) - centers[None, :]
+        mses[s:s + chunk] = (err * err * counts[None, :]).sum(axis=1, dtype=np.float32) / n
+    return float(centers[cand[int(np.argmin(mses))]])
+
+
+def percentile_amax(counts: np.ndarray, edges: np.ndarray, percentile: float = 99.99) -> float | None:
+    """Amax clipping ``100 - percentile`` % of the collected values."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    if counts is None or edges is None or len(counts) == 0:
+        return None
+    counts = np.asarray(counts, dtype=np.float64)
+    cdf = np.cumsum(counts / counts.sum())
+    idx = int(np.searchsorted(cdf, percentile / 100))
+    return float(np.asarray(edges)[idx])
+
+
+def entropy_amax(counts: np.ndarray, edges: np.ndarray, num_bits: int = 8, unsigned: bool = False,
+                 stride: int = 1, start_bin: int = 128) -> float | None:
+    """Amax minimising KL(reference || quantized) as TensorRT's entropy calibrator defines it.
+
+    For each candidate ``i`` the first ``i`` bins (with the outliers added to the last one) are compared
+    with their ``2**(bits-1)``-level quantized version, where each quantized level spreads its mass
+    evenly over the non-empty source bins it covers.
+    """
+    if counts is None or edges is None or len(counts) == 0:
+        return None
+    bins = np.asarray(counts, dtype=np.int64).copy()
+    if len(bins) > 1:
+        bins[0] = bins[1]
+    nlevels = 1 << (num_bits - 1 + int(unsigned))
+    stop = len(bins)
+    divergences, arguments = [], []
+    tail = np.concatenate([np.cumsum(bins[::-1])[::-1], [0]])  # tail[i] = sum(bins[i:])
+    for i in range(start_bin, stop + 1, stride):
+        space = np.linspace(0, i, num=nlevels + 1)
+        digit = np.digitize(np.arange(i), space) - 1
+        ref = bins[:i].astype(np.float64)
+        digit = np.where(ref == 0, -1, digit)
+        valid = digit >= 0
+        level_sum = np.bincount(digit[valid], weights=ref[valid], minlength=nlevels)
+        level_cnt = np.bincount(digit[valid], minlength=nlevels)
+        density = np.zeros(i)
+        density[valid] = level_sum[digit[valid]] / level_cnt[digit[valid]]
+        reference = ref.copy()
+        reference[-1] += tail[i]
+        divergences.append(_kl(reference, density))
+        arguments.append(i)
+    divergences = np.asarray(divergences)
+    last_argmin = len(divergences) - 1 - int(np.argmin(divergences[::-1]))
+    return float(np.asarray(edges)[last_argmin * stride + start_bin])
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    """scipy.stats.entropy(p, q): both normalised; inf where q == 0 < p."""
+    p = p / p.sum() if p.sum() else p
+    q = q / q.sum() if q.sum() else q
+    mask = p > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = p[mask] * np.log(p[mask] / q[mask])
+    return float(np.sum(terms)) if np.all(np.isfinite(terms)) else float("inf")
+
+
+def histogram_amax(method: str, counts: np.ndarray, edges: np.ndarray, *, num_bits: int = 8,
+                   unsigned: bool = False, percentile: float = 99.99) -> float | None:
+    """Dispatch on ``method`` (mse / entropy / percentile / max) for one histogram."""
+    if method == "mse":
+        return mse_amax(counts, edges, num_bits, unsigned)
+    if method == "entropy":
+        return entropy_amax(counts, edges, num_bits, unsigned)
+    if method == "percentile":
+        return percentile_amax(counts, edges, percentile)
+    if method == "max":
+        if counts is None or edges is None:
+            return None
+        nz = np.nonzero(np.asarray(counts))[0]
+        return float(np.asarray(edges)[nz[-1] + 1]) if len(nz) else float(np.asarray(edges)[-1])
+    raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")

@@ -1,0 +1,26 @@
+"""Device selection with a clear error when CUDA is asked for but absent."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UsageError
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:i``; ``None`` picks CUDA when available."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device", "Use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} requested but CUDA is not available on this machine",
+                             "Use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present",
+                             "Use an existing index")
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {device} is not supported", "Use cpu, cuda or cuda:N")
+    return dev

@@ -1,0 +1,108 @@
+"""Replace float modules by pytorch-quantization modules, per instance, keeping their weights.
+
+What gets quantized, and why (TensorRT explicit quantization):
+
+- Conv2d, ConvTranspose2d, Linear: input per-tensor, weight per-channel — the weighted layers that run
+  INT8 kernels;
+- MaxPool2d: TensorRT moves Q/DQ across pooling (a commuting op), so a quantized MaxPool input lets it
+  run pooling in INT8 inside SPPF/SPPCSPC/MP blocks; the reference tool never quantizes it;
+- the residual Add of Bottleneck-style blocks (``QuantAdd``): lets TensorRT fuse the add into the conv
+  with an INT8 output;
+- AvgPool2d / AdaptiveAvgPool2d: quantizable non-weighted layers.
+
+Modules whose dotted name matches an ignore regex (``re.match``, anchored at the start) stay float;
+the family default keeps the detect head's output convs in float.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from pytorch_quantization import nn as qnn
+
+from ..errors import UsageError
+from .quantizers import WEIGHT_AXIS, input_quantizer, weight_quantizer
+from .residual import is_residual_block, quantize_residual
+
+#: float type -> (quant type, has weight)
+QUANT_MAP: dict[type, tuple[type, bool]] = {
+    torch.nn.Conv2d: (qnn.QuantConv2d, True),
+    torch.nn.ConvTranspose2d: (qnn.QuantConvTranspose2d, True),
+    torch.nn.Linear: (qnn.QuantLinear, True),
+    torch.nn.MaxPool2d: (qnn.QuantMaxPool2d, False),
+    torch.nn.AvgPool2d: (qnn.QuantAvgPool2d, False),
+    torch.nn.AdaptiveAvgPool2d: (qnn.QuantAdaptiveAvgPool2d, False),
+}
+
+
+@dataclass
+class ReplaceReport:
+    """What :func:`replace_modules` did: counts per quantized type and the names left in float."""
+
+    quantized: Counter = field(default_factory=Counter)
+    ignored: list[str] = field(default_factory=list)
+    residual_adds: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds}
+
+
+def compile_policy(patterns: Iterable[str]) -> list[re.Pattern]:
+    """Compile ignore regexes, naming the bad one on error."""
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as exc:
+            raise UsageError(f"--ignore-policy {p!r} is not a valid regular expression ({exc})",
+                             r"Use a Python regex such as 'model\.105\.m\..*'") from exc
+    return out
+
+
+def ignored(name: str, policy: list[re.Pattern]) -> bool:
+    return any(p.match(name) for p in policy)
+
+
+def _swap(module: torch.nn.Module, quant_cls: type, has_weight: bool, num_bits: int) -> torch.nn.Module:
+    """A ``quant_cls`` instance that shares ``module``'s parameters and buffers (no copy of weights)."""
+    q = quant_cls.__new__(quant_cls)
+    q.__dict__.update(module.__dict__)
+    for attr in ("_parameters", "_buffers", "_modules"):
+        q.__dict__[attr] = OrderedDict(module.__dict__[attr])
+    q._fake_quant = True
+    q._input_quantizer = input_quantizer(num_bits)
+    if has_weight:
+        q._weight_quantizer = weight_quantizer(WEIGHT_AXIS[type(module)], num_bits)
+    return q
+
+
+def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_bits: int = 8,
+                    quantize_maxpool: bool = True, quantize_residual_add: bool = True) -> ReplaceReport:
+    """Swap supported modules in ``model`` (in place) for quantized ones; return what happened."""
+    policy = compile_policy(ignore)
+    report = ReplaceReport()
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            entry = QUANT_MAP.get(type(child))
+            if entry is None or (entry[0] is qnn.QuantMaxPool2d and not quantize_maxpool):
+                continue
+            if ignored(name, policy):
+                report.ignored.append(name)
+                continue
+            setattr(parent, child_name, _swap(child, entry[0], entry[1], num_bits))
+            report.quantized[entry[0].__name__] += 1
+    if quantize_residual_add:
+        for name, module in list(model.named_modules()):
+            if is_residual_block(module) and not isinstance(getattr(module, "addop", None), torch.nn.Module):
+                add_name = f"{name}.addop"
+                if ignored(add_name, policy):
+                    report.ignored.append(add_name)
+                    continue
+                quantize_residual(module, num_bits)
+                report.residual_adds.append(add_name)
+                report.quantized["QuantAdd"] += 1
+    return report
