@@ -6,7 +6,6 @@ Each group adds the same flags, with the same names, defaults and help, wherever
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
@@ -74,13 +73,42 @@ def checkpoint_argument(func):
     return click.argument("ckpt", type=click.Path(path_type=Path))(func)
 
 
+class ProgressBar:
+    """A rich progress bar on stderr that appears only once work starts (``total`` called), so that
+    an early one-line error is not preceded by an empty bar. Use as a context manager."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._prog = None
+        self._task = None
+
+    def total(self, n: int | None) -> None:
+        if self._prog is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from .output import console
+
+            self._prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console(stderr=True))
+            self._task = self._prog.add_task(self.description, total=n)
+            self._prog.start()
+        else:
+            self._prog.update(self._task, total=n)
+
+    def advance(self, n: int = 1) -> None:
+        if self._prog is None:
+            self.total(None)
+        self._prog.advance(self._task, n)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._prog is not None:
+            self._prog.stop()
+
+
 def progress_bar(description: str):
-    """A rich progress bar on stderr; returns (context manager, advance(n), set_total(n))."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .output import console
-
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console(stderr=True), transient=False)
-    task = prog.add_task(description, total=None)
-    return prog, functools.partial(prog.advance, task), (lambda n: prog.update(task, total=n))
+    """Compatibility helper: (context manager, advance(n), set_total(n)) over a :class:`ProgressBar`."""
+    bar = ProgressBar(description)
+    return bar, bar.advance, bar.total

@@ -1,20 +1,39 @@
-"""``trtqat quantize``: PTQ (Histogram calibration) of a YOLOv5/YOLOv7 checkpoint."""
+"""``trtqat quantize``: PTQ (Histogram calibration), then optional QAT and a float / PTQ / QAT accuracy table."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from .options import PICKLE_WARNING, calib_config, calib_options, checkpoint_argument, ignore_option, json_option
-from .options import progress_bar, repo_option
+from .options import (
+    PICKLE_WARNING,
+    calib_config,
+    calib_options,
+    checkpoint_argument,
+    ignore_option,
+    json_option,
+    progress_bar,
+    repo_option,
+)
 from .output import emit_json, print_table, say
 
 
-@click.command(name="quantize", help=f"""Quantize CKPT (a YOLOv5/YOLOv7 train.py checkpoint) with PTQ.
+@click.command(name="quantize", help=f"""Quantize CKPT (a YOLOv5/YOLOv7 train.py checkpoint) with PTQ, optionally QAT.
 
 \b
-Example:
+Examples:
   trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt
+  trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt \\
+      --qat qat.pt --train train_images/ --val val2017/ --val-ann instances_val2017.json \\
+      --eval-origin --eval-ptq
+  torchrun --nproc_per_node 4 -m trtqat quantize ... --qat qat.pt --train DIR   (multi-GPU QAT)
+
+QAT needs no labels: the calibrated model with quantization off is the teacher and the loss is the MSE of
+every layer's output before the detect head. Learning rate: epochs 0-2 use LR/10, 3-7 LR, 8+ LR/10
+(LR = --lr, default 1e-5: the reference 1e-6 / 1e-5 / 1e-6). Each epoch writes <qat>.last.pt and
+<qat>.state.pt atomically; --resume continues after Ctrl-C or a crash. The best epoch (mAP with labels,
+else SQNR against the float model) is written to --qat. With --val the float / PTQ / QAT table is printed
+and written to <qat or ptq stem>.summary.json.
 
 {PICKLE_WARNING}""")
 @checkpoint_argument
@@ -26,23 +45,185 @@ Example:
 @click.option("--no-rules", is_flag=True, help="Do not share scales (baseline placement).")
 @click.option("--ptq", "ptq_out", type=click.Path(path_type=Path), default=None,
               help="Write the PTQ checkpoint here.")
+@click.option("--qat", "qat_out", type=click.Path(path_type=Path), default=None,
+              help="Run QAT and write the best epoch here (needs --train).")
+@click.option("--train", "train_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of training images for QAT (labels not needed).")
+@click.option("--epochs", type=int, default=10, show_default=True, help="QAT epochs.")
+@click.option("--iters", type=int, default=200, show_default=True, help="QAT batches per epoch (of --batch-size).")
+@click.option("--lr", type=float, default=1e-5, show_default=True,
+              help="Peak learning rate (epochs 3-7); epochs 0-2 and 8+ use LR/10.")
+@click.option("--supervision-stride", type=int, default=1, show_default=True,
+              help="Distil every N-th top-level layer (plus the last before the detect head).")
+@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value [default: off].")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision for QAT (CUDA only).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the QAT data order and flips.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted QAT run from <qat>.state.pt.")
+@click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None,
+              help="Validation images (YOLO labels in the sibling labels/ folder, or --val-ann).")
+@click.option("--val-ann", type=click.Path(path_type=Path), default=None, help="COCO JSON annotations for --val.")
+@click.option("--val-images", type=int, default=None,
+              help="Evaluate at most N images [default: all of --val; 32 of --train for QAT epoch selection].")
+@click.option("--eval-origin", is_flag=True, help="Also evaluate the float model (fused, quantization off).")
+@click.option("--eval-ptq", is_flag=True, help="Also evaluate the PTQ model (when QAT runs).")
+@click.option("--conf-thres", type=float, default=0.001, show_default=True, help="Evaluation confidence threshold.")
+@click.option("--iou-thres", type=float, default=0.65, show_default=True, help="Evaluation NMS IoU threshold.")
 @json_option
-def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, as_json, **calib_kw):
-    from ..quant.ptq import QuantConfig, run_ptq
+def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, qat_out, train_dir, epochs, iters, lr,
+             supervision_stride, clip_grad, amp, seed, resume, val_dir, val_ann, val_images, eval_origin, eval_ptq,
+             conf_thres, iou_thres, as_json, **calib_kw):
+    from ..errors import InputError, UsageError
 
+    if qat_out is not None and train_dir is None:
+        raise UsageError("--qat needs --train DIR (images for distillation)", "Add --train with a folder of images")
+    if train_dir is not None and qat_out is None:
+        raise UsageError("--train is only used by QAT", "Add --qat qat.pt")
+    if resume and qat_out is None:
+        raise UsageError("--resume needs --qat FILE (the run to continue)")
+    if val_ann is not None and val_dir is None:
+        raise UsageError("--val-ann needs --val DIR (the images it annotates)")
+    if val_ann is not None and not Path(val_ann).is_file():
+        raise InputError(f"annotation file not found: {val_ann}", "Pass a COCO JSON file")
+    if (eval_origin or eval_ptq) and val_dir is None:
+        raise UsageError("--eval-origin/--eval-ptq need --val DIR", "Add a folder of validation images")
+
+    from ..quant.ptq import QuantConfig, run_ptq
+    from ..quant.qat import QatConfig, dist_env, qat_paths
+
+    env = dist_env()
     calib = calib_config(**calib_kw)
     qconf = QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules)
-    prog, advance, set_total = progress_bar("calibrating")
-    with prog:
-        result = run_ptq(ckpt, repo=repo, calib=calib, qconf=qconf, out=ptq_out, progress=advance,
-                         on_total=set_total)
-    summary = result.summary()
+    qcfg = None
+    if qat_out is not None:
+        qcfg = QatConfig(epochs=epochs, iters=iters, batch_size=calib.batch_size, size=calib.size, lr=lr,
+                         supervision_stride=supervision_stride, clip_grad=clip_grad, amp=amp, seed=seed,
+                         device=calib.device)
+        if resume and not qat_paths(qat_out).state.exists():
+            raise InputError(f"nothing to resume: {qat_paths(qat_out).state} not found",
+                             "Run without --resume to start QAT")
+    out: dict = {}  # --json: the PTQ summary (as before QAT existed) plus "qat" / "eval" when they ran
+    result = None
+    if not resume:
+        prog, advance, set_total = progress_bar("calibrating")
+        with prog:
+            result = run_ptq(ckpt, repo=repo, calib=calib, qconf=qconf, out=ptq_out if env.is_main else None,
+                             progress=advance, on_total=set_total)
+        out.update(result.summary())
+        if not as_json and env.is_main:
+            print_table("trtqat quantize: PTQ", ["item", "value"], _rows(out))
+            if result.saved:
+                say(f"PTQ checkpoint written to {result.saved}")
+    model = teacher = result.model if result else None
+    if qcfg is not None:
+        qat = _run_qat(result, qcfg, qat_out, train_dir, val_dir, val_ann, val_images, conf_thres, iou_thres,
+                       repo, resume, as_json)
+        if not env.is_main:
+            return
+        model, teacher = qat.model, qat.teacher
+        out["qat"] = qat.summary()
+    if val_dir is not None:
+        out["eval"] = _evaluate(model, teacher, val_dir, val_ann, val_images, calib, conf_thres, iou_thres,
+                                origin=eval_origin, ptq=eval_ptq and qcfg is not None,
+                                final="qat" if qcfg is not None else "ptq", as_json=as_json)
+    target = qat_out or ptq_out
+    if target is not None and ("eval" in out or "qat" in out):
+        from .._io import write_json
+
+        summary_path = Path(target).with_name(f"{Path(target).stem}.summary.json")
+        write_json(summary_path, out)
+        out["summary"] = str(summary_path)
+        if not as_json:
+            say(f"summary written to {summary_path}")
     if as_json:
-        emit_json(summary)
+        emit_json(out)
+
+
+def _run_qat(result, qcfg, qat_out, train_dir, val_dir, val_ann, val_images, conf_thres, iou_thres, repo, resume,
+             as_json):
+    from ..data.images import find_images
+    from ..eval.evaluate import EvalConfig, epoch_scorer, eval_set
+    from ..quant.qat import train_qat
+
+    train_files = find_images(train_dir)
+    ecfg = EvalConfig(size=qcfg.size, batch_size=qcfg.batch_size, conf_thres=conf_thres, iou_thres=iou_thres,
+                      max_images=val_images if val_dir is not None else (val_images or 32))
+    nc = _num_classes(result.model) if result else 80
+    if val_dir is not None:
+        scoring = eval_set(val_dir, ecfg, ann=val_ann, nc=nc, cache=True)
+    else:
+        # epoch selection on train images is label-free (fidelity to the teacher)
+        scoring = eval_set(train_dir, ecfg, files=train_files, cache=True, labels=False)
+    meta = {}
+    if result is not None:
+        meta = {"family": result.loaded.family.name, "source": str(result.loaded.path), "size": qcfg.size,
+                "ignore": list(result.ignore)}
+
+    def on_epoch(rec: dict) -> None:
+        if not as_json:
+            score = "-" if rec["score"] is None else f"{rec['score']:.4g}"
+            say(f"epoch {rec['epoch']}: lr {rec['lr']:.1e}  loss {rec['loss']:.5g}  "
+                f"{'mAP' if scoring.labelled else 'SQNR dB'} {score}{'  (best)' if rec['best'] else ''}")
+
+    prog, advance, set_total = progress_bar("QAT")
+    set_total(qcfg.epochs * qcfg.iters)
+    with prog:
+        return train_qat(result.model if result else None, train_files, qat_out, qcfg, scorer=epoch_scorer(scoring),
+                         meta=meta, resume=resume, repo=repo, on_epoch=on_epoch, progress=advance)
+
+
+def _num_classes(model) -> int:
+    layers = getattr(model, "model", None)
+    return int(getattr(layers[-1], "nc", 80)) if layers is not None and len(layers) else 80
+
+
+def _evaluate(model, teacher, val_dir, val_ann, val_images, calib, conf_thres, iou_thres, *, origin, ptq, final,
+              as_json) -> dict:
+    """Evaluate float / PTQ / final on --val; print the table; return the JSON-able result."""
+    from ..eval.evaluate import EvalConfig, eval_set, evaluate
+    from ..quant.device import resolve_device
+
+    device = resolve_device(calib.device)
+    ecfg = EvalConfig(size=calib.size, batch_size=calib.batch_size, conf_thres=conf_thres, iou_thres=iou_thres,
+                      max_images=val_images)
+    data = eval_set(val_dir, ecfg, ann=val_ann, nc=_num_classes(model), cache=True)
+    reference = None if data.labelled else teacher
+    runs = []
+    if origin and data.labelled:
+        runs.append(("float", teacher, False))
+    if ptq:
+        runs.append(("ptq", teacher, True))
+    runs.append((final, model, True))
+    rows = []
+    for name, m, quantized in runs:
+        m.to(device)
+        if reference is not None:
+            reference.to(device)
+        rows.append(evaluate(m, data, quantized=quantized, reference=reference if quantized else None, name=name))
+        m.to("cpu")
+    if reference is not None:
+        reference.to("cpu")
+    result = {"labelled": data.labelled, "labels": data.gt.source if data.gt else None, "images": len(data.files),
+              "conf_thres": conf_thres, "iou_thres": iou_thres, "rows": [r.to_dict() for r in rows]}
+    if not as_json:
+        _print_eval(result, origin and not data.labelled)
+    return result
+
+
+def _print_eval(result: dict, origin_skipped: bool) -> None:
+    rows = result["rows"]
+    if result["labelled"]:
+        print_table(f"accuracy on {result['images']} images ({result['labels']} labels)",
+                    ["model", "mAP@0.5:0.95", "mAP@0.5", "detections"],
+                    [(r["name"], r["map"], r["map50"], r["detections"]) for r in rows],
+                    justify=["left", "right", "right", "right"])
         return
-    print_table("trtqat quantize: PTQ", ["item", "value"], _rows(summary))
-    if result.saved:
-        say(f"PTQ checkpoint written to {result.saved}")
+    outputs = list(rows[0]["fidelity"]) if rows and rows[0]["fidelity"] else []
+    print_table(f"fidelity to the float model on {result['images']} unlabelled images",
+                ["model", *[f"{o} cos / SQNR dB" for o in outputs], "agreement mAP", "agreement mAP@0.5"],
+                [(r["name"], *[f"{r['fidelity'][o]['cosine']:.5f} / {r['fidelity'][o]['sqnr_db']:.1f}" for o in outputs],
+                  r["agreement"]["map"], r["agreement"]["map50"]) for r in rows])
+    if origin_skipped:
+        say("--eval-origin: without labels the float model is the reference (fidelity 1.0, agreement 1.0)")
 
 
 def _rows(s: dict) -> list[tuple[str, str]]:

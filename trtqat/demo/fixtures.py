@@ -16,8 +16,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .._io import atomic_path
 
@@ -39,8 +39,8 @@ COCO_NAMES = (
     "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 # COCO's 80 detection classes use the category ids 1..90 with gaps (the "91 ids" of the 2014 paper).
-COCO80_TO_91 = tuple([*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
-                      *range(72, 83), *range(84, 91)])
+COCO80_TO_91 = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+                *range(72, 83), *range(84, 91))
 
 
 def _check_family(family: str) -> str:
@@ -110,12 +110,12 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
     repo = Path(repo_dir) if repo_dir is not None else write_repo(family, dest_dir / f"repo_{family}")
     ckpt = dest_dir / (name or f"{family}_{form}.pt")
     spec = {"family": family, "form": form, "half": half, "nc": nc, "width": width, "seed": seed,
-            "repo": str(repo.resolve())}
+            "repo": str(repo.resolve()), "names": list(COCO_NAMES)}
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     with atomic_path(ckpt) as tmp:
         spec["out"] = str(tmp)
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True,
-                              text=True, env=env, cwd=str(repo))
+        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], check=False,
+                              capture_output=True, text=True, env=env, cwd=str(repo))
         if proc.returncode != 0:
             raise RuntimeError(f"building the {family} checkpoint failed:\n{proc.stderr[-4000:]}")
     return ckpt, repo
@@ -123,7 +123,7 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
 
 # Runs in the child with the fake repo first on sys.path; argv[1] is the JSON spec from make_checkpoint.
 _CHILD = r"""
-import copy, json, sys
+import json, sys
 spec = json.loads(sys.argv[1])
 sys.path.insert(0, spec["repo"])
 import torch
@@ -132,7 +132,7 @@ from models.yolo import Model
 
 torch.manual_seed(spec["seed"])
 FIVE = spec["family"] == "yolov5"
-NAMES = %(names)r
+NAMES = spec["names"]
 
 
 def build(seed):
@@ -212,7 +212,7 @@ else:
     else:
         ckpt.update({"training_results": None, "wandb_id": None})
 torch.save(ckpt, spec["out"])
-""" % {"names": COCO_NAMES}
+"""
 
 
 # ---------------------------------------------------------------- images, labels, COCO json

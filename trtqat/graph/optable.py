@@ -18,9 +18,10 @@ Sources (abbreviated in each entry; see docs/lint.md for the links):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 #: TensorRT versions the table distinguishes (``--trt-version``).
 VERSIONS = ("8.6", "10", "11")

@@ -9,9 +9,9 @@ guide, "Q/DQ Limitations").
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -29,6 +29,11 @@ def load_graph(path: str | os.PathLike) -> gs.Graph:
     Raises:
         InputError: the file is missing, unreadable, not ONNX, or has no graph.
     """
+    return graph_from_model(load_model(path), str(path))
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX file (external data included), with an InputError for anything unreadable."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"ONNX file {str(p)!r} does not exist", "Pass the path of an .onnx model")
@@ -37,7 +42,9 @@ def load_graph(path: str | os.PathLike) -> gs.Graph:
     except Exception as exc:  # onnx raises DecodeError, ValueError, OSError ... for bad bytes
         raise InputError(f"{str(p)!r} is not a readable ONNX model ({type(exc).__name__})",
                          "Re-export the model or check the file is complete") from exc
-    return graph_from_model(model, str(p))
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise InputError(f"{str(p)!r} has no graph nodes", "Re-export the model; the file looks empty")
+    return model
 
 
 def graph_from_model(model: onnx.ModelProto, label: str = "model") -> gs.Graph:
@@ -127,7 +134,7 @@ class QParams:
     def per_channel(self) -> bool:
         return self.scale is not None and self.scale.size > 1
 
-    def same_scale(self, other: "QParams") -> bool:
+    def same_scale(self, other: QParams) -> bool:
         """Exactly equal scales and axis (TensorRT compares bit-exactly before merging)."""
         return scales_equal(self, other)
 
@@ -136,8 +143,8 @@ def read_qparams(node: gs.Node, *, through_identity: bool = True) -> QParams:
     """Scale, zero point and axis of Q/DQ ``node`` (axis defaults to 1 as in ONNX)."""
     scale = constant_value(node.inputs[1] if len(node.inputs) > 1 else None, through_identity=through_identity)
     zp = constant_value(node.inputs[2] if len(node.inputs) > 2 else None, through_identity=through_identity)
-    return QParams(None if scale is None else scale.astype(np.float64).reshape(-1) if scale.ndim else scale,
-                   zp, int(node.attrs.get("axis", 1)))
+    return QParams(None if scale is None else np.asarray(scale, dtype=np.float64), zp,
+                   int(node.attrs.get("axis", 1)))
 
 
 def scales_equal(a: QParams, b: QParams) -> bool:

@@ -38,11 +38,12 @@ class LoadedModel:
 
 
 def looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (torch >= 1.6) or a legacy pickle starting with 0x80."""
-    if zipfile.is_zipfile(path):
-        return True
+    """torch.save writes a zip archive (torch >= 1.6) or a legacy pickle starting with 0x80.
+
+    Judged by the magic bytes, so a truncated checkpoint is reported as unreadable, not as foreign."""
     with open(path, "rb") as fh:
-        return fh.read(1) == b"\x80"
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def torch_load(path: str | Path, repo: str | Path | None = None) -> tuple[Any, Path | None]:
@@ -70,6 +71,11 @@ def torch_load(path: str | Path, repo: str | Path | None = None) -> tuple[Any, P
             raise _import_error(exc, path, repo_path) from exc
         except ImportError as exc:
             raise _import_error(exc, path, repo_path) from exc
+        except AttributeError as exc:  # "Can't get attribute 'MP' on <module 'models.common' ...>"
+            where = f"--repo {repo_path}" if repo_path else "the imported upstream code"
+            raise InputError(f"{path.name} needs a class that {where} does not define ({_first_line(exc)})",
+                             "Pass --repo with the clone (YOLOv5 or YOLOv7, same version) the checkpoint "
+                             "was trained with") from exc
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
             raise InputError(f"{path} could not be read as a PyTorch checkpoint ({exc})",
                              "The file may be truncated or not a .pt file") from exc

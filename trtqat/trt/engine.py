@@ -5,6 +5,7 @@ at which batch it was timed. ``build`` writes ``<engine>.build.json`` (mode, inp
 TensorRT version, argv); ``bench`` reads it to pass the right ``--shapes`` and writes
 ``<engine>.bench.json``, which ``compare`` reads instead of re-running anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._io import write_json
-from ..errors import InputError, UsageError
+from ..errors import BuildError, InputError, UsageError
 from .log import PerfSummary, parse_log
 from .shapes import BatchRange, read_onnx_input
 from .trtexec import BenchSpec, BuildSpec, EngineFiles, bench_command, build_command, run
 from .versions import TrtexecCaps
 
 
-def build_spec_from_onnx(onnx: str | Path, engine: str | Path, *, mode: str = "qat",
-                         min_batch: int | None = None, opt_batch: int | None = None,
-                         max_batch: int | None = None, calib: str | Path | None = None,
-                         workspace_mib: int | None = None, verbose: bool = False,
-                         extra_args: tuple[str, ...] = ()) -> BuildSpec:
+def build_spec_from_onnx(
+    onnx: str | Path,
+    engine: str | Path,
+    *,
+    mode: str = "qat",
+    min_batch: int | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    calib: str | Path | None = None,
+    workspace_mib: int | None = None,
+    verbose: bool = False,
+    extra_args: tuple[str, ...] = (),
+) -> BuildSpec:
     """Make a :class:`BuildSpec`, reading the input name and shape from the ONNX.
 
     A dynamic batch gets min/opt/max shapes (defaults 1/max/max); a static ONNX gets none, and asking
@@ -32,8 +41,10 @@ def build_spec_from_onnx(onnx: str | Path, engine: str | Path, *, mode: str = "q
     inp = read_onnx_input(onnx)
     asked = (min_batch, opt_batch, max_batch)
     if calib is not None and not Path(calib).is_file():
-        raise InputError(f"calibration cache not found: {calib}", "Pass the cache written by a previous "
-                         "TensorRT INT8 calibration, or omit --calib")
+        raise InputError(
+            f"calibration cache not found: {calib}",
+            "Pass the cache written by a previous TensorRT INT8 calibration, or omit --calib",
+        )
     if inp.dynamic_batch:
         batch: BatchRange | None = BatchRange.from_options(*asked)
         feature_dims = inp.feature_dims()
@@ -41,13 +52,24 @@ def build_spec_from_onnx(onnx: str | Path, engine: str | Path, *, mode: str = "q
         fixed = inp.dims[0] if inp.dims else None
         wrong = [b for b in asked if b is not None and b != fixed]
         if wrong:
-            raise UsageError(f"ONNX input '{inp.name}' has a fixed batch of {fixed}; cannot build for batch "
-                             f"{wrong[0]}", "Re-export the model with a dynamic batch (trtqat export --dynamic)")
+            raise UsageError(
+                f"ONNX input '{inp.name}' has a fixed batch of {fixed}; cannot build for batch {wrong[0]}",
+                "Re-export the model with a dynamic batch (trtqat export --dynamic)",
+            )
         batch, feature_dims = None, ()
-    return BuildSpec(onnx=Path(onnx), engine=Path(engine), mode=mode, input_name=inp.name if batch else None,
-                     feature_dims=feature_dims, batch=batch,
-                     static_batch=None if batch else (inp.dims[0] if inp.dims else None), calib=Path(calib) if calib else None,
-                     workspace_mib=workspace_mib, verbose=verbose, extra_args=tuple(extra_args))
+    return BuildSpec(
+        onnx=Path(onnx),
+        engine=Path(engine),
+        mode=mode,
+        input_name=inp.name if batch else None,
+        feature_dims=feature_dims,
+        batch=batch,
+        static_batch=None if batch else (inp.dims[0] if inp.dims else None),
+        calib=Path(calib) if calib else None,
+        workspace_mib=workspace_mib,
+        verbose=verbose,
+        extra_args=tuple(extra_args),
+    )
 
 
 @dataclass(frozen=True)
@@ -64,14 +86,22 @@ def build_engine(spec: BuildSpec, caps: TrtexecCaps, trtexec: str) -> BuildResul
     cmd = build_command(spec, caps, trtexec)
     text = run(cmd, files.build_log, what="build")
     if not spec.engine.is_file():
-        raise InputError(f"trtexec reported success but wrote no engine at {spec.engine}",
-                         f"See the log {files.build_log}")
+        raise BuildError(
+            f"trtexec reported success but wrote no engine at {spec.engine}", f"See the log {files.build_log}"
+        )
     meta = {
-        "onnx": str(spec.onnx), "engine": str(spec.engine), "mode": spec.mode,
-        "input": {"name": spec.input_name, "feature_dims": list(spec.feature_dims)} if spec.input_name else None,
-        "batch": {"min": spec.batch.min, "opt": spec.batch.opt, "max": spec.batch.max} if spec.batch else None,
+        "onnx": str(spec.onnx),
+        "engine": str(spec.engine),
+        "mode": spec.mode,
+        "input": {"name": spec.input_name, "feature_dims": list(spec.feature_dims)}
+        if spec.input_name
+        else None,
+        "batch": {"min": spec.batch.min, "opt": spec.batch.opt, "max": spec.batch.max}
+        if spec.batch
+        else None,
         "static_batch": spec.static_batch,
-        "trt_version": caps.label, "command": cmd,
+        "trt_version": caps.label,
+        "command": cmd,
     }
     write_json(files.build_json, meta)
     return BuildResult(spec.engine, cmd, files, parse_log(text).summary)
@@ -85,13 +115,20 @@ def read_build_meta(engine: str | Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc.msg})",
-                         "Delete it or rebuild the engine with trtqat build") from exc
+        raise InputError(
+            f"{path} is not valid JSON ({exc.msg})", "Delete it or rebuild the engine with trtqat build"
+        ) from exc
 
 
-def bench_spec_for(engine: str | Path, *, batch: int | None = None, duration_s: float | None = None,
-                   warmup_ms: int | None = None, cuda_graph: bool = True,
-                   extra_args: tuple[str, ...] = ()) -> BenchSpec:
+def bench_spec_for(
+    engine: str | Path,
+    *,
+    batch: int | None = None,
+    duration_s: float | None = None,
+    warmup_ms: int | None = None,
+    cuda_graph: bool = True,
+    extra_args: tuple[str, ...] = (),
+) -> BenchSpec:
     """A :class:`BenchSpec` whose ``--shapes`` come from the engine's build record.
 
     Dynamic engines are timed at ``batch`` (default: the build's opt batch), which must lie inside the
@@ -106,17 +143,32 @@ def bench_spec_for(engine: str | Path, *, batch: int | None = None, duration_s: 
         rng = meta["batch"]
         run_batch = batch or rng["opt"]
         if not rng["min"] <= run_batch <= rng["max"]:
-            raise UsageError(f"--batch {run_batch} is outside the engine's built range "
-                             f"{rng['min']}..{rng['max']}", "Rebuild with a larger --max-batch")
-        return BenchSpec(engine, meta["input"]["name"], tuple(meta["input"]["feature_dims"]), run_batch,
-                         duration_s, warmup_ms, cuda_graph, tuple(extra_args))
+            raise UsageError(
+                f"--batch {run_batch} is outside the engine's built range {rng['min']}..{rng['max']}",
+                "Rebuild with a larger --max-batch",
+            )
+        return BenchSpec(
+            engine,
+            meta["input"]["name"],
+            tuple(meta["input"]["feature_dims"]),
+            run_batch,
+            duration_s,
+            warmup_ms,
+            cuda_graph,
+            tuple(extra_args),
+        )
     static = (meta or {}).get("static_batch")
     if batch is not None and batch != static:
         if meta:
-            raise UsageError(f"the engine was built for a fixed batch of {static}; cannot run batch {batch}",
-                             "Re-export with a dynamic batch and rebuild")
-        raise UsageError(f"--batch needs {EngineFiles(engine).build_json} (written by trtqat build) to know "
-                         "the input name and shape", "Rebuild with trtqat build")
+            raise UsageError(
+                f"the engine was built for a fixed batch of {static}; cannot run batch {batch}",
+                "Re-export with a dynamic batch and rebuild",
+            )
+        raise UsageError(
+            f"--batch needs {EngineFiles(engine).build_json} (written by trtqat build) to know "
+            "the input name and shape",
+            "Rebuild with trtqat build",
+        )
     return BenchSpec(engine, None, (), static or batch, duration_s, warmup_ms, cuda_graph, tuple(extra_args))
 
 
@@ -135,14 +187,25 @@ class BenchResult:
         return self.summary.images_per_s(self.batch)
 
     def to_dict(self) -> dict:
-        return {"engine": self.engine, "batch": self.batch, "trt_version": self.trt_version,
-                "throughput_qps": self.summary.throughput_qps, "images_per_s": self.images_per_s,
-                "command": list(self.command), "summary": self.summary.to_dict()}
+        return {
+            "engine": self.engine,
+            "batch": self.batch,
+            "trt_version": self.trt_version,
+            "throughput_qps": self.summary.throughput_qps,
+            "images_per_s": self.images_per_s,
+            "command": list(self.command),
+            "summary": self.summary.to_dict(),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BenchResult":
-        return cls(data["engine"], int(data["batch"]), data.get("trt_version"), list(data.get("command", [])),
-                   PerfSummary.from_dict(data["summary"]))
+    def from_dict(cls, data: dict) -> BenchResult:
+        return cls(
+            data["engine"],
+            int(data["batch"]),
+            data.get("trt_version"),
+            list(data.get("command", [])),
+            PerfSummary.from_dict(data["summary"]),
+        )
 
 
 def bench_engine(spec: BenchSpec, caps: TrtexecCaps, trtexec: str) -> BenchResult:
@@ -152,8 +215,10 @@ def bench_engine(spec: BenchSpec, caps: TrtexecCaps, trtexec: str) -> BenchResul
     text = run(cmd, files.bench_log, what="benchmark")
     summary = parse_log(text).summary
     if summary is None:
-        raise InputError(f"no performance summary in {files.bench_log}",
-                         "trtexec printed no '=== Performance summary ==='; check the log")
+        raise InputError(
+            f"no performance summary in {files.bench_log}",
+            "trtexec printed no '=== Performance summary ==='; check the log",
+        )
     result = BenchResult(str(spec.engine), spec.batch or 1, caps.label, cmd, summary)
     write_json(files.bench_json, result.to_dict())
     return result
@@ -167,5 +232,7 @@ def read_bench(engine: str | Path) -> BenchResult | None:
     try:
         return BenchResult.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is not a trtqat bench result ({type(exc).__name__}: {exc})",
-                         "Re-run trtqat bench on the engine") from exc
+        raise InputError(
+            f"{path} is not a trtqat bench result ({type(exc).__name__}: {exc})",
+            "Re-run trtqat bench on the engine",
+        ) from exc

@@ -13,6 +13,7 @@ version and the parser accepts all of them:
 ``[W]``/``[E]`` lines go to stderr in trtexec, so a log captured without ``2>&1`` can end in
 ``&&&& FAILED`` with no error text at all; :func:`failure_lines` says so instead of guessing.
 """
+
 from __future__ import annotations
 
 import re
@@ -93,7 +94,7 @@ class PerfSummary:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PerfSummary":
+    def from_dict(cls, data: dict) -> PerfSummary:
         kwargs = dict(data)
         for key in _STAT_KEYS.values():
             if kwargs.get(key) is not None:
@@ -112,10 +113,10 @@ class TrtexecLog:
     """What trtqat needs from one trtexec console log."""
 
     version: Version | None
-    result: str | None            #: "PASSED", "FAILED", or None when the run did not finish
-    errors: tuple[str, ...]       #: ``[E]``/``[F]`` messages (empty if stderr was not captured)
+    result: str | None  #: "PASSED", "FAILED", or None when the run did not finish
+    errors: tuple[str, ...]  #: ``[E]``/``[F]`` messages (empty if stderr was not captured)
     summary: PerfSummary | None
-    command: str | None           #: the argv echoed in the ``&&&& RUNNING`` banner
+    command: str | None  #: the argv echoed in the ``&&&& RUNNING`` banner
 
     @property
     def passed(self) -> bool:
@@ -151,12 +152,14 @@ def split_line(line: str) -> tuple[str | None, str]:
 def parse_summary(text: str) -> PerfSummary | None:
     """Parse the last ``=== Performance summary ===`` block in ``text`` (None if there is none)."""
     lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if split_line(line)[1].strip() == "=== Performance summary ==="]
+    starts = [
+        i for i, line in enumerate(lines) if split_line(line)[1].strip() == "=== Performance summary ==="
+    ]
     if not starts:
         return None
     fields: dict = {}
     warnings: list[str] = []
-    for line in lines[starts[-1] + 1:]:
+    for line in lines[starts[-1] + 1 :]:
         severity, message = split_line(line)
         if severity is None or message.startswith("==="):
             break
@@ -193,8 +196,13 @@ def parse_log(text: str) -> TrtexecLog:
                     command = message.partition(" # ")[2] or None
                 else:
                     result = match.group(1)
-    return TrtexecLog(version=parse_version(text), result=result, errors=tuple(errors),
-                      summary=parse_summary(text), command=command)
+    return TrtexecLog(
+        version=parse_version(text),
+        result=result,
+        errors=tuple(errors),
+        summary=parse_summary(text),
+        command=command,
+    )
 
 
 def failure_lines(text: str, tail: int = 20) -> list[str]:

@@ -4,20 +4,23 @@ Each function takes raw JSON-ish data and returns a normalized piece; its docstr
 TensorRT version(s) and the quirk. :mod:`.plan` composes them. Errors are :class:`InputError`s that
 name the file and what was expected, because a wrong file is the common user mistake here.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError
 
-_LAYER_INFO_HINT = ("Expected the JSON written by trtexec --exportLayerInfo "
-                    "(an object with a \"Layers\" list)")
-_REBUILD_HINT = ("Rebuild the engine with --profilingVerbosity=detailed (trtqat build does this) and export "
-                 "the layer info again")
+_LAYER_INFO_HINT = 'Expected the JSON written by trtexec --exportLayerInfo (an object with a "Layers" list)'
+_REBUILD_HINT = (
+    "Rebuild the engine with --profilingVerbosity=detailed (trtqat build does this) and export "
+    "the layer info again"
+)
 
 # --------------------------------------------------------------------------------------- layer info
 
@@ -30,10 +33,14 @@ def load_layer_info(path: Path) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})", _LAYER_INFO_HINT) from exc
+        raise InputError(
+            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})", _LAYER_INFO_HINT
+        ) from exc
     if isinstance(data, list) and data and isinstance(data[0], dict) and "count" in data[0]:
-        raise InputError(f"{path} is an --exportProfile file, not layer info",
-                         "Pass it with --profile and give the --exportLayerInfo JSON as the main argument")
+        raise InputError(
+            f"{path} is an --exportProfile file, not layer info",
+            "Pass it with --profile and give the --exportLayerInfo JSON as the main argument",
+        )
     if not isinstance(data, dict) or not isinstance(data.get("Layers"), list):
         found = f"keys {sorted(data)[:5]}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
         raise InputError(f"{path} is not trtexec layer info (found {found})", _LAYER_INFO_HINT)
@@ -49,11 +56,12 @@ def check_detailed(data: Mapping, label: str) -> list[Mapping]:
     """
     layers = data.get("Layers") or []
     if layers and all(isinstance(layer, str) for layer in layers):
-        raise InputError(f"{label} has layer names only ({len(layers)} layers), no precisions or tensors",
-                         _REBUILD_HINT)
+        raise InputError(
+            f"{label} has layer names only ({len(layers)} layers), no precisions or tensors", _REBUILD_HINT
+        )
     bad = [i for i, layer in enumerate(layers) if not isinstance(layer, dict) or "Name" not in layer]
     if bad:
-        raise InputError(f"{label}: layer {bad[0]} is not an object with a \"Name\"", _LAYER_INFO_HINT)
+        raise InputError(f'{label}: layer {bad[0]} is not an object with a "Name"', _LAYER_INFO_HINT)
     return list(layers)
 
 
@@ -80,16 +88,16 @@ def tensor_format(raw: Mapping) -> str | None:
 
 
 _PRECISION_WORDS = [
-    (re.compile(r"\bu?int8\b", re.I), None),  # resolved below (UInt8 vs Int8)
-    (re.compile(r"\b(fp16|half)\b", re.I), "FP16"),
-    (re.compile(r"\b(bfloat16|bf16)\b", re.I), "BF16"),
-    (re.compile(r"\b(fp8|e4m3)\b", re.I), "FP8"),
-    (re.compile(r"\b(fp32|float)\b", re.I), "FP32"),
-    (re.compile(r"\bint32\b", re.I), "INT32"),
-    (re.compile(r"\bint64\b", re.I), "INT64"),
-    (re.compile(r"\bbool\b", re.I), "BOOL"),
-    (re.compile(r"\bint4\b", re.I), "INT4"),
-    (re.compile(r"\bfp4\b", re.I), "FP4"),
+    (re.compile(r"\bu?int8\b", re.IGNORECASE), None),  # resolved below (UInt8 vs Int8)
+    (re.compile(r"\b(fp16|half)\b", re.IGNORECASE), "FP16"),
+    (re.compile(r"\b(bfloat16|bf16)\b", re.IGNORECASE), "BF16"),
+    (re.compile(r"\b(fp8|e4m3)\b", re.IGNORECASE), "FP8"),
+    (re.compile(r"\b(fp32|float)\b", re.IGNORECASE), "FP32"),
+    (re.compile(r"\bint32\b", re.IGNORECASE), "INT32"),
+    (re.compile(r"\bint64\b", re.IGNORECASE), "INT64"),
+    (re.compile(r"\bbool\b", re.IGNORECASE), "BOOL"),
+    (re.compile(r"\bint4\b", re.IGNORECASE), "INT4"),
+    (re.compile(r"\bfp4\b", re.IGNORECASE), "FP4"),
 ]
 
 
@@ -153,8 +161,12 @@ def onnx_nodes_from_name(name: str) -> tuple[str, ...]:
         if pwn:
             out += [p for inner in _split_top(pwn.group(1), ",") for p in onnx_nodes_from_name(inner.strip())]
             continue
-        if (not part or _UNNAMED.search(part) or part.startswith(_NOT_NODES)
-                or part.endswith((".weight", ".bias", "_output")) or part.endswith(":0")):
+        if (
+            not part
+            or _UNNAMED.search(part)
+            or part.startswith(_NOT_NODES)
+            or part.endswith((".weight", ".bias", "_output", ":0"))
+        ):
             continue
         out.append(part)
     return tuple(dict.fromkeys(out))
@@ -198,7 +210,8 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RECORD = re.compile(
     rf'\{{\s*"name"\s*:\s*"(?P<name>[^\n]*?)"\s*,\s*"timeMs"\s*:\s*(?P<total>{_NUM})\s*,'
     rf'\s*"averageMs"\s*:\s*(?P<avg>{_NUM})\s*(?:,\s*"medianMs"\s*:\s*(?P<median>{_NUM})\s*)?,'
-    rf'\s*"percentage"\s*:\s*(?P<pct>{_NUM})\s*\}}')
+    rf'\s*"percentage"\s*:\s*(?P<pct>{_NUM})\s*\}}'
+)
 _COUNT = re.compile(r'\{\s*"count"\s*:\s*(\d+)\s*\}')
 
 
@@ -217,10 +230,14 @@ def load_profile(path: Path) -> Profile:
     except json.JSONDecodeError:
         return _profile_from_text(text, path)
     if isinstance(data, dict) and "Layers" in data:
-        raise InputError(f"{path} is layer info, not an --exportProfile file",
-                         "Give the layer info as the main argument and the profile with --profile")
+        raise InputError(
+            f"{path} is layer info, not an --exportProfile file",
+            "Give the layer info as the main argument and the profile with --profile",
+        )
     if not isinstance(data, list):
-        raise InputError(f"{path} is not a trtexec profile (found a JSON {type(data).__name__})", _PROFILE_HINT)
+        raise InputError(
+            f"{path} is not a trtexec profile (found a JSON {type(data).__name__})", _PROFILE_HINT
+        )
     return _profile_from_records(data, path)
 
 
@@ -232,7 +249,9 @@ def _profile_from_records(data: list, path: Path) -> Profile:
     count = None
     for item in data:
         if not isinstance(item, dict):
-            raise InputError(f"{path}: profile entries must be objects, found {type(item).__name__}", _PROFILE_HINT)
+            raise InputError(
+                f"{path}: profile entries must be objects, found {type(item).__name__}", _PROFILE_HINT
+            )
         if "count" in item and "name" not in item:
             count = int(item["count"]) if count is None else count
         elif "name" in item and ("averageMs" in item or "timeMs" in item):

@@ -12,12 +12,14 @@ Stable API (used by the report, compare and draw views, and by the ONNX lint to 
 - :func:`engine_layers_summary` -- every Reformat layer with its origin and the ONNX node names behind it
   (in TensorRT 8.x a standalone Q/DQ keeps its ONNX node name as the layer name).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError
 from . import normalize as norm
@@ -36,7 +38,12 @@ class Tensor:
     location: str | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dims": list(self.dims), "precision": self.precision, "format": self.format}
+        return {
+            "name": self.name,
+            "dims": list(self.dims),
+            "precision": self.precision,
+            "format": self.format,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,16 @@ class Layer:
         return self.outputs[0].precision if self.outputs else None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "type": self.type, "precision": self.precision, "origin": self.origin,
-                "time_ms": self.time_ms, "onnx_nodes": list(self.onnx_nodes),
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "precision": self.precision,
+            "origin": self.origin,
+            "time_ms": self.time_ms,
+            "onnx_nodes": list(self.onnx_nodes),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class EnginePlan:
     bindings: tuple[str, ...] = ()
     graph_path: Path | None = None
     profile_path: Path | None = None
-    profile_count: int | None = None       #: iterations the profile averaged over
+    profile_count: int | None = None  #: iterations the profile averaged over
     unmatched_profile: tuple[str, ...] = ()  #: profile rows with no layer of that name
 
     @property
@@ -121,23 +135,30 @@ class EnginePlan:
         raise KeyError(name)
 
     @classmethod
-    def from_files(cls, graph_json: str | Path, profile_json: str | Path | None = None) -> "EnginePlan":
+    def from_files(cls, graph_json: str | Path, profile_json: str | Path | None = None) -> EnginePlan:
         """Read layer info (and a profile). Raises :class:`InputError` naming the file on bad input."""
         graph_json = Path(graph_json)
         data = norm.load_layer_info(graph_json)
         profile = norm.load_profile(Path(profile_json)) if profile_json is not None else None
-        return cls.from_data(data, profile, graph_path=graph_json,
-                             profile_path=Path(profile_json) if profile_json else None)
+        return cls.from_data(
+            data, profile, graph_path=graph_json, profile_path=Path(profile_json) if profile_json else None
+        )
 
     @classmethod
-    def from_engine(cls, engine: str | Path, profile_json: str | Path | None = None) -> "EnginePlan":
+    def from_engine(cls, engine: str | Path, profile_json: str | Path | None = None) -> EnginePlan:
         """Read ``<engine>.graph.json`` and, if present, ``<engine>.profile.json`` next to an engine."""
         graph, profile = resolve_plan_files(engine, profile_json)
         return cls.from_files(graph, profile)
 
     @classmethod
-    def from_data(cls, data: Mapping, profile: norm.Profile | None = None, *, graph_path: Path | None = None,
-                  profile_path: Path | None = None) -> "EnginePlan":
+    def from_data(
+        cls,
+        data: Mapping,
+        profile: norm.Profile | None = None,
+        *,
+        graph_path: Path | None = None,
+        profile_path: Path | None = None,
+    ) -> EnginePlan:
         """Assemble the plan from already-loaded layer info and profile (see :mod:`.normalize`)."""
         label = str(graph_path) if graph_path else "layer info"
         raw_layers = norm.check_detailed(data, label)
@@ -146,16 +167,29 @@ class EnginePlan:
         names = {layer.name for layer in layers}
         unmatched = tuple(n for n in times if n not in names)
         if profile and times and len(unmatched) == len(times):
-            raise InputError(f"no layer of {profile_path} matches a layer of {label}",
-                             "Pass the profile exported together with this engine's layer info")
-        return cls(layers, norm.bindings(data), graph_path, profile_path,
-                   profile.count if profile else None, unmatched)
+            raise InputError(
+                f"no layer of {profile_path} matches a layer of {label}",
+                "Pass the profile exported together with this engine's layer info",
+            )
+        return cls(
+            layers,
+            norm.bindings(data),
+            graph_path,
+            profile_path,
+            profile.count if profile else None,
+            unmatched,
+        )
 
 
 def _tensor(raw: Mapping) -> Tensor:
     fmt = norm.tensor_format(raw)
-    return Tensor(str(raw.get("Name", "")), tuple(raw.get("Dimensions") or ()), norm.precision_of(fmt), fmt,
-                  raw.get("Location"))
+    return Tensor(
+        str(raw.get("Name", "")),
+        tuple(raw.get("Dimensions") or ()),
+        norm.precision_of(fmt),
+        fmt,
+        raw.get("Location"),
+    )
 
 
 def _layer(raw: Mapping, times: Mapping[str, float]) -> Layer:
@@ -163,10 +197,19 @@ def _layer(raw: Mapping, times: Mapping[str, float]) -> Layer:
     inputs = tuple(_tensor(t) for t in raw.get("Inputs") or ())
     outputs = tuple(_tensor(t) for t in raw.get("Outputs") or ())
     first = inputs[0] if inputs else (outputs[0] if outputs else None)
-    return Layer(name=name, type=str(raw.get("LayerType", "")), precision=first.precision if first else None,
-                 inputs=inputs, outputs=outputs, origin=raw.get("Origin"), time_ms=times.get(name),
-                 onnx_nodes=norm.onnx_nodes(raw), parameter_type=raw.get("ParameterType"),
-                 tactic=raw.get("TacticName") or raw.get("TacticValue"), raw=raw)
+    return Layer(
+        name=name,
+        type=str(raw.get("LayerType", "")),
+        precision=first.precision if first else None,
+        inputs=inputs,
+        outputs=outputs,
+        origin=raw.get("Origin"),
+        time_ms=times.get(name),
+        onnx_nodes=norm.onnx_nodes(raw),
+        parameter_type=raw.get("ParameterType"),
+        tactic=raw.get("TacticName") or raw.get("TacticValue"),
+        raw=raw,
+    )
 
 
 def resolve_plan_files(path: str | Path, profile_json: str | Path | None = None) -> tuple[Path, Path | None]:
@@ -183,13 +226,17 @@ def resolve_plan_files(path: str | Path, profile_json: str | Path | None = None)
     else:
         graph = path.with_name(path.name + ".graph.json")
         if not graph.is_file():
-            raise InputError(f"no layer info next to {path}: expected {graph}",
-                             "Build with trtqat build (it exports it), or pass the --exportLayerInfo JSON")
+            raise InputError(
+                f"no layer info next to {path}: expected {graph}",
+                "Build with trtqat build (it exports it), or pass the --exportLayerInfo JSON",
+            )
         if profile_json is None:
             sibling = path.with_name(path.name + ".profile.json")
             profile_json = sibling if sibling.is_file() else None
     if not graph.is_file():
-        raise InputError(f"layer info file not found: {graph}", "Pass the --exportLayerInfo JSON or an engine")
+        raise InputError(
+            f"layer info file not found: {graph}", "Pass the --exportLayerInfo JSON or an engine"
+        )
     if profile_json is not None and not Path(profile_json).is_file():
         raise InputError(f"profile file not found: {profile_json}", "Pass the --exportProfile JSON")
     return graph, Path(profile_json) if profile_json is not None else None
@@ -221,10 +268,17 @@ class ReformatEntry:
         return "layout" if a == b else "cast"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "origin": self.origin, "kind": self.kind, "onnx_nodes": list(self.onnx_nodes),
-                "input": self.input_tensor, "output": self.output_tensor,
-                "input_precision": self.input_precision, "output_precision": self.output_precision,
-                "time_ms": self.time_ms}
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "kind": self.kind,
+            "onnx_nodes": list(self.onnx_nodes),
+            "input": self.input_tensor,
+            "output": self.output_tensor,
+            "input_precision": self.input_precision,
+            "output_precision": self.output_precision,
+            "time_ms": self.time_ms,
+        }
 
 
 def engine_layers_summary(plan: EnginePlan) -> list[ReformatEntry]:
@@ -238,9 +292,18 @@ def engine_layers_summary(plan: EnginePlan) -> list[ReformatEntry]:
         src = layer.inputs[0] if layer.inputs else None
         dst = layer.outputs[0] if layer.outputs else None
         nodes = layer.onnx_nodes or ((layer.name,) if layer.origin == "QDQ" else ())
-        out.append(ReformatEntry(layer.name, layer.origin, nodes,
-                                 src.name if src else None, dst.name if dst else None,
-                                 src.precision if src else None, dst.precision if dst else None, layer.time_ms))
+        out.append(
+            ReformatEntry(
+                layer.name,
+                layer.origin,
+                nodes,
+                src.name if src else None,
+                dst.name if dst else None,
+                src.precision if src else None,
+                dst.precision if dst else None,
+                layer.time_ms,
+            )
+        )
     return out
 
 

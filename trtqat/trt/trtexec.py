@@ -9,6 +9,7 @@ Why a runner that raises: trtexec's exit code is the only reliable failure signa
 to stderr and can be missing from a captured stdout). :func:`run` merges stderr into the log file,
 checks the return code, and raises :class:`BuildError` naming the log and its last lines.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,14 +17,14 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ..errors import BuildError, InputError, UsageError
 from .log import failure_lines
 from .shapes import BatchRange, shape_arg
-from .versions import TrtexecCaps, caps_from_help
+from .versions import TrtexecCaps, caps_for_version, caps_from_help, parse_version_option
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ class BuildSpec:
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.calib is not None and self.mode != "ptq":
-            raise UsageError("--calib is only used with --mode ptq",
-                             "Q/DQ (qat) networks carry their own scales; fp16 has no INT8")
+            raise UsageError(
+                "--calib is only used with --mode ptq",
+                "Q/DQ (qat) networks carry their own scales; fp16 has no INT8",
+            )
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,11 @@ def _flag(name: str, value=True) -> list[str]:
 
 def _precision_flags(spec: BuildSpec, caps: TrtexecCaps) -> list[str]:
     if spec.mode == "ptq" and not caps.calib:
-        raise UsageError(f"--mode ptq needs implicit INT8 calibration, which TensorRT {caps.label} removed",
-                         "Build the PTQ baseline with TensorRT 8.6 or 10.x, or export the PTQ checkpoint "
-                         "to Q/DQ ONNX and use --mode qat")
+        raise UsageError(
+            f"--mode ptq needs implicit INT8 calibration, which TensorRT {caps.label} removed",
+            "Build the PTQ baseline with TensorRT 8.6 or 10.x, or export the PTQ checkpoint "
+            "to Q/DQ ONNX and use --mode qat",
+        )
     if not caps.int8_fp16_flags:
         return []  # 11+: strongly typed, precision comes from the ONNX (Q/DQ and tensor dtypes)
     if spec.mode == "fp16":
@@ -150,8 +155,12 @@ def build_command(spec: BuildSpec, caps: TrtexecCaps, trtexec: str = "trtexec") 
     if spec.batch is not None:
         if not spec.input_name:
             raise UsageError("a dynamic-batch build needs the ONNX input name")
-        for flag, batch in (("minShapes", spec.batch.min), ("optShapes", spec.batch.opt),
-                            ("maxShapes", spec.batch.max), ("shapes", spec.batch.opt)):
+        for flag, batch in (
+            ("minShapes", spec.batch.min),
+            ("optShapes", spec.batch.opt),
+            ("maxShapes", spec.batch.max),
+            ("shapes", spec.batch.opt),
+        ):
             cmd += _flag(flag, shape_arg(spec.input_name, batch, spec.feature_dims))
     if spec.workspace_mib is not None:
         if caps.mem_pool_size:
@@ -170,11 +179,15 @@ def build_notes(spec: BuildSpec, caps: TrtexecCaps) -> list[str]:
     """Warnings about what this build will and will not give (pure; the CLI prints them)."""
     notes = []
     if caps.always_strongly_typed and spec.mode == "fp16":
-        notes.append(f"TensorRT {caps.label} builds strongly typed: layers run in the ONNX tensor dtypes, "
-                     "so an FP32 ONNX gives an FP32 engine; export an FP16 ONNX for an FP16 baseline")
+        notes.append(
+            f"TensorRT {caps.label} builds strongly typed: layers run in the ONNX tensor dtypes, "
+            "so an FP32 ONNX gives an FP32 engine; export an FP16 ONNX for an FP16 baseline"
+        )
     if spec.mode == "ptq" and spec.calib is None:
-        notes.append("--mode ptq without --calib: TensorRT uses placeholder INT8 ranges; the engine is valid "
-                     "for speed comparisons only, not for accuracy")
+        notes.append(
+            "--mode ptq without --calib: TensorRT uses placeholder INT8 ranges; the engine is valid "
+            "for speed comparisons only, not for accuracy"
+        )
     if not caps.export_layer_info:
         notes.append(f"TensorRT {caps.label} cannot export layer info (8.2+); trtqat report will not work")
     return notes
@@ -213,8 +226,10 @@ def find_trtexec(explicit: str | os.PathLike | None = None, env: Mapping[str, st
         if value:
             path = Path(value).expanduser()
             if not (path.is_file() and os.access(path, os.X_OK)):
-                raise InputError(f"{source} {value} is not an executable file",
-                                 f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec")
+                raise InputError(
+                    f"{source} {value} is not an executable file",
+                    f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec",
+                )
             return str(path)
     found = shutil.which("trtexec", path=env.get("PATH"))
     if found:
@@ -222,8 +237,9 @@ def find_trtexec(explicit: str | os.PathLike | None = None, env: Mapping[str, st
     for candidate in _KNOWN_LOCATIONS:
         if os.access(candidate, os.X_OK):
             return candidate
-    raise InputError("trtexec not found on PATH",
-                     f"Install TensorRT, or pass --trtexec /path/to/trtexec, or set {ENV_VAR}")
+    raise InputError(
+        "trtexec not found on PATH", f"Install TensorRT, or pass --trtexec /path/to/trtexec, or set {ENV_VAR}"
+    )
 
 
 def detect_caps(trtexec: str, timeout: float = 60.0) -> TrtexecCaps:
@@ -234,22 +250,58 @@ def detect_caps(trtexec: str, timeout: float = 60.0) -> TrtexecCaps:
     """
     for arg in ("--version", "--help"):
         try:
-            proc = subprocess.run([trtexec, arg], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=timeout, text=True, errors="replace")
+            proc = subprocess.run(
+                [trtexec, arg],
+                check=False,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                text=True,
+                errors="replace",
+            )
         except OSError as exc:
-            raise InputError(f"cannot run {trtexec} ({exc.strerror or exc})",
-                             f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec") from exc
+            raise InputError(
+                f"cannot run {trtexec} ({exc.strerror or exc})",
+                f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec",
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise BuildError(f"{trtexec} {arg} did not answer within {timeout:.0f} s") from exc
         caps = caps_from_help(proc.stdout)
         if caps is not None:
             return caps
-    raise InputError(f"could not tell the TensorRT version of {trtexec} from --version/--help",
-                     "Pass --trt-version (e.g. 10.16) to choose the flags")
+    raise InputError(
+        f"could not tell the TensorRT version of {trtexec} from --version/--help",
+        "Pass --trt-version (e.g. 10.16) to choose the flags",
+    )
 
 
-def run(cmd: Sequence[str], log_path: str | os.PathLike, *, what: str = "build",
-        timeout: float | None = None) -> str:
+def resolve_trtexec(
+    explicit: str | None = None,
+    trt_version: str | None = None,
+    *,
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> tuple[str, TrtexecCaps]:
+    """The trtexec to run and its capability row, from ``--trtexec``/``--trt-version``/env/PATH.
+
+    ``--trt-version`` skips asking trtexec; with ``--dry-run`` it also allows a missing trtexec, so a
+    command can be prepared on a machine without TensorRT (argv[0] is then ``--trtexec`` or "trtexec").
+    """
+    if trt_version:
+        caps = caps_for_version(parse_version_option(trt_version))
+        try:
+            return find_trtexec(explicit, env), caps
+        except InputError:
+            if not dry_run:
+                raise
+            return str(explicit or "trtexec"), caps
+    path = find_trtexec(explicit, env)
+    return path, detect_caps(path)
+
+
+def run(
+    cmd: Sequence[str], log_path: str | os.PathLike, *, what: str = "build", timeout: float | None = None
+) -> str:
     """Run trtexec with stdout and stderr merged into ``log_path``; return the log text.
 
     The log is written to a hidden partial file and renamed into place when trtexec ends (also on
@@ -265,11 +317,15 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, *, what: str = "build",
     log.info("running: %s", format_command(cmd))
     try:
         with open(partial, "wb") as fh:
-            proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(
+                [str(c) for c in cmd], check=False, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
+            )
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise InputError(f"cannot run {cmd[0]} ({exc.strerror or exc})",
-                         f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec") from exc
+        raise InputError(
+            f"cannot run {cmd[0]} ({exc.strerror or exc})",
+            f"Point --trtexec or {ENV_VAR} at TensorRT's bin/trtexec",
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         os.replace(partial, log_path)
         raise BuildError(f"trtexec {what} timed out after {timeout:.0f} s; log: {log_path}") from exc
@@ -277,6 +333,8 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, *, what: str = "build",
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         lines = failure_lines(text)
-        raise BuildError(f"trtexec {what} failed with exit code {proc.returncode}; log: {log_path}",
-                         "Last lines of the log:\n  " + "\n  ".join(lines))
+        raise BuildError(
+            f"trtexec {what} failed with exit code {proc.returncode}; log: {log_path}",
+            "Last lines of the log:\n  " + "\n  ".join(lines),
+        )
     return text

@@ -13,6 +13,7 @@ flags changed a lot between releases that users still run side by side:
 The table is keyed by the version printed in the ``&&&& RUNNING TensorRT.trtexec [TensorRT vNNNN]``
 banner (every trtexec prints it, also for ``--help``) or the ``TensorRT version: X.Y.Z`` line.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,7 +25,7 @@ Version = tuple[int, int, int]
 
 _BANNER = re.compile(r"\[TensorRT v(\d+)\]")
 _VERSION_LINE = re.compile(r"TensorRT version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
-_DOTTED = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
+_DOTTED = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,14 @@ class TrtexecCaps:
     """What one trtexec version accepts. Field names say the flag; True means "pass it when wanted"."""
 
     version: Version
-    int8_fp16_flags: bool = True      #: ``--int8``/``--fp16``/``--best`` exist (removed in 11)
-    calib: bool = True                #: ``--calib=`` (implicit INT8) exists (removed in 11)
-    mem_pool_size: bool = True        #: ``--memPoolSize=workspace:N`` (8.4+)
-    workspace: bool = False           #: legacy ``--workspace=N`` (MiB; removed in 10)
+    int8_fp16_flags: bool = True  #: ``--int8``/``--fp16``/``--best`` exist (removed in 11)
+    calib: bool = True  #: ``--calib=`` (implicit INT8) exists (removed in 11)
+    mem_pool_size: bool = True  #: ``--memPoolSize=workspace:N`` (8.4+)
+    workspace: bool = False  #: legacy ``--workspace=N`` (MiB; removed in 10)
     profiling_verbosity: bool = True  #: ``--profilingVerbosity=detailed`` (8.2+)
-    export_layer_info: bool = True    #: ``--exportLayerInfo=`` (8.2+)
+    export_layer_info: bool = True  #: ``--exportLayerInfo=`` (8.2+)
     separate_profile_run: bool = True  #: ``--separateProfileRun`` is meaningful (always on in 11)
-    cuda_graph: bool = True           #: ``--useCudaGraph`` is meaningful (default on in 11)
+    cuda_graph: bool = True  #: ``--useCudaGraph`` is meaningful (default on in 11)
     strongly_typed_flag: bool = False  #: ``--stronglyTyped`` is meaningful (10.x; always on in 11)
     always_strongly_typed: bool = False  #: 11+: precision comes from the ONNX dtypes only
 
@@ -56,17 +57,30 @@ def caps_for_version(version: Version) -> TrtexecCaps:
     """
     major, minor = version[0], version[1]
     if major < 8:
-        raise UsageError(f"TensorRT {'.'.join(map(str, version))} is too old for trtqat",
-                         "Use TensorRT 8.4 or newer (8.6, 10.x or 11.x recommended)")
+        raise UsageError(
+            f"TensorRT {'.'.join(map(str, version))} is too old for trtqat",
+            "Use TensorRT 8.4 or newer (8.6, 10.x or 11.x recommended)",
+        )
     caps = TrtexecCaps(version=tuple(version))  # type: ignore[arg-type]
     if major == 8:
         early = minor < 4
-        return replace(caps, mem_pool_size=not early, workspace=early,
-                       profiling_verbosity=minor >= 2, export_layer_info=minor >= 2)
+        return replace(
+            caps,
+            mem_pool_size=not early,
+            workspace=early,
+            profiling_verbosity=minor >= 2,
+            export_layer_info=minor >= 2,
+        )
     if major < 11:  # 9.x (LLM-only release) and 10.x
         return replace(caps, strongly_typed_flag=True)
-    return replace(caps, int8_fp16_flags=False, calib=False, separate_profile_run=False, cuda_graph=False,
-                   always_strongly_typed=True)
+    return replace(
+        caps,
+        int8_fp16_flags=False,
+        calib=False,
+        separate_profile_run=False,
+        cuda_graph=False,
+        always_strongly_typed=True,
+    )
 
 
 def version_from_code(code: str) -> Version:
@@ -89,11 +103,12 @@ def parse_version(text: str) -> Version | None:
 
 
 def parse_version_option(value: str) -> Version:
-    """Parse a user-given ``--trt-version`` such as ``10.16`` or ``8.6.1``."""
+    """Parse a user-given ``--trt-version`` such as ``10``, ``10.16`` or ``8.6.1`` (same spelling as
+    ``trtqat lint --trt-version``; a bare major means its first release)."""
     match = _DOTTED.match(value or "")
     if not match:
-        raise UsageError(f"--trt-version must look like 8.6, 10.16 or 11.0, got {value!r}")
-    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+        raise UsageError(f"--trt-version must look like 8.6, 10, 10.16 or 11.0, got {value!r}")
+    return int(match.group(1)), int(match.group(2) or 0), int(match.group(3) or 0)
 
 
 def caps_from_help(text: str) -> TrtexecCaps | None:

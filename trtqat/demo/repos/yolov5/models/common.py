@@ -4,8 +4,7 @@ Class names, constructor arguments and attribute names follow YOLOv5 v7.0 so a p
 these classes has the same structure (``model.2.m.0.cv1.conv`` ...) as a real ``yolov5s.pt``.
 """
 import torch
-import torch.nn as nn
-
+from torch import nn
 from utils import autopad
 
 

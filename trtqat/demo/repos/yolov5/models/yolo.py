@@ -8,10 +8,10 @@ import copy
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
+from utils import fold_bn_into_conv, make_divisible
 
 from models.common import C3, SPPF, Bottleneck, Concat, Conv
-from utils import fold_bn_into_conv, make_divisible
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 

@@ -6,8 +6,7 @@ real ``yolov7.pt``. ELAN blocks are not classes: like yolov7.yaml they are runs 
 joined by a Concat.
 """
 import torch
-import torch.nn as nn
-
+from torch import nn
 from utils import autopad
 
 

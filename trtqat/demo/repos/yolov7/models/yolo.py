@@ -9,10 +9,10 @@ import copy
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
+from utils import fold_bn_into_conv, make_divisible
 
 from models.common import MP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, RepConv
-from utils import fold_bn_into_conv, make_divisible
 
 ANCHORS = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]
 

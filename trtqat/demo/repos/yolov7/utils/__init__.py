@@ -7,7 +7,7 @@ top-level ``utils`` package, exactly like a real clone does: the loader has to c
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def make_divisible(x, divisor=8):

@@ -1,0 +1,62 @@
+"""Session-wide pytest fixtures shared by every test area.
+
+The YOLO-shaped checkpoints are built once per session (each build is a child Python, ~1.5 s) by
+:mod:`trtqat.demo.fixtures`, which writes a scratch fake ``models``/``utils`` repo beside them. Tests that
+unpickle a checkpoint should do it in a subprocess, or restore ``sys.modules``: the fake repos of the
+two families both provide a top-level ``models`` package.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trtqat.demo import fixtures as demo_fixtures
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The root of the trtqat checkout (where pyproject.toml lives)."""
+    return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_dir(repo_root: Path) -> Path:
+    """``<repo>/../shared`` (reference docs and recorded trtexec outputs); skips the test when absent."""
+    path = (repo_root / ".." / "shared").resolve()
+    if not path.is_dir():
+        pytest.skip(f"shared fixtures folder not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def yolo_checkpoint(tmp_path_factory):
+    """Factory ``(family, form="ema", **kw) -> (checkpoint_path, repo_dir)``, cached for the session.
+
+    ``family`` is ``"yolov5"`` or ``"yolov7"``; ``form`` and ``kw`` (``half``, ``nc``, ``width``, ``seed``)
+    are those of :func:`trtqat.demo.fixtures.make_checkpoint`. All checkpoints of one family share one
+    fake repo. Do not modify the returned files; copy them first.
+    """
+    root = tmp_path_factory.mktemp("yolo_ckpt")
+    cache: dict[tuple, tuple[Path, Path]] = {}
+
+    def get(family: str, form: str = "ema", **kw) -> tuple[Path, Path]:
+        key = (family, form, tuple(sorted(kw.items())))
+        if key not in cache:
+            repo = root / f"repo_{family}"
+            if not repo.is_dir():
+                demo_fixtures.write_repo(family, repo)
+            cache[key] = demo_fixtures.make_checkpoint(
+                family, root, form=form, repo_dir=repo, name=f"{family}_{form}_{len(cache)}.pt", **kw)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calib_images(tmp_path_factory) -> Path:
+    """A folder ``.../images`` of 8 synthetic jpg/png images of mixed sizes, with YOLO labels in the
+    sibling ``labels/`` folder. Read-only: copy it before adding files."""
+    folder = tmp_path_factory.mktemp("calib") / "images"
+    demo_fixtures.make_images(folder, n=8, labels=True)
+    return folder

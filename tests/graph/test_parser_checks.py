@@ -1,0 +1,111 @@
+"""Each TensorRT parser check on a minimal model that violates it (and a clean model that passes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from qdq_builders import QdqBuilder
+
+from trtqat.graph.parser_checks import check_parser, expected_weight_axis
+from trtqat.graph.qdq import graph_from_model
+
+
+def _conv_model(op="Conv", w_shape=(4, 2, 1, 1), axis=0, opset=13, zp=None, scale=None, act_axis=None,
+                **attrs):
+    b = QdqBuilder()
+    x = b.qdq("x", "act", scale=scale, zero_point=zp) if act_axis is None else b.qdq(
+        "x", "act", scale=np.full(2, 0.01, np.float32), axis=act_axis)
+    w = b.const("w", np.ones(w_shape, np.float32))
+    n = w_shape[axis]
+    wq = b.qdq(w, "wt", scale=np.full(n, 0.01, np.float32), axis=axis)
+    if op == "Gemm":
+        y = b.node("Gemm", [b.node("Flatten", [x], "flat"), wq], "fc", **attrs)
+    else:
+        y = b.node(op, [x, wq], "conv", **attrs)
+    return b.model([("x", [1, 2, 4, 4])], [(y, None)], opset=opset, check=False)
+
+
+def _rules(model) -> list[str]:
+    return sorted(f.rule_id for f in check_parser(graph_from_model(model)))
+
+
+def test_clean_model_has_no_findings():
+    assert _rules(_conv_model()) == []
+    assert _rules(_conv_model("ConvTranspose", (2, 4, 1, 1), axis=1)) == []
+    assert _rules(_conv_model("Gemm", (4, 32), axis=0, transB=1)) == []
+    assert _rules(_conv_model("Gemm", (32, 4), axis=1)) == []
+
+
+def test_non_zero_zero_point():
+    assert _rules(_conv_model(zp=np.array(3, np.int8))) == ["PARSE001"] * 2  # on the Q and on the DQ
+
+
+def test_uint8_zero_point_is_a_warning():
+    f = check_parser(graph_from_model(_conv_model(zp=np.array(0, np.uint8))))
+    assert [(x.rule_id, x.severity, x.nodes) for x in f] == [("PARSE009", "warning", ("act_q",)),
+                                                             ("PARSE009", "warning", ("act_dq",))]
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, np.inf])
+def test_non_positive_scale(value):
+    assert _rules(_conv_model(scale=value)) == ["PARSE003"] * 2
+
+
+def test_non_constant_scale():
+    b = QdqBuilder()
+    zp = b.const("zp", np.array(0, np.int8))
+    q = b.node("QuantizeLinear", ["x", "s", zp], "q")
+    y = b.node("DequantizeLinear", [q, "s", zp], "dq")
+    model = b.model([("x", [1, 2]), ("s", [])], [(y, None)], check=False)
+    assert _rules(model) == ["PARSE002", "PARSE002"]
+
+
+def test_identity_on_scale_and_zero_point():
+    b = QdqBuilder()
+    s = b.node("Identity", [b.const("s0", np.array(0.1, np.float32))], "id_s")
+    z = b.node("Identity", [b.const("z0", np.array(0, np.int8))], "id_z")
+    q = b.node("QuantizeLinear", ["x", s, z], "q")
+    y = b.node("DequantizeLinear", [q, s, z], "dq")
+    model = b.model([("x", [1, 2])], [(y, None)], check=False)
+    assert _rules(model) == ["PARSE007"] * 4
+
+
+def test_per_channel_activation():
+    assert _rules(_conv_model(act_axis=1)) == ["PARSE004", "PARSE004"]
+
+
+@pytest.mark.parametrize("op,shape,axis,attrs", [
+    ("Conv", (4, 4, 1, 1), 1, {}),
+    ("ConvTranspose", (2, 2, 1, 1), 0, {}),
+    ("Gemm", (4, 32), 1, {"transB": 1}),
+    ("Gemm", (32, 32), 0, {}),
+])
+def test_wrong_weight_axis(op, shape, axis, attrs):
+    if op == "Conv":
+        shape = (4, 2, 1, 1) if axis == 0 else (2, 2, 1, 1)
+    assert _rules(_conv_model(op, shape, axis=axis, **attrs)) == ["PARSE005"]
+
+
+def test_per_channel_before_opset_13():
+    model = _conv_model(opset=13)
+    model.opset_import[0].version = 12
+    assert _rules(model) == ["PARSE006", "PARSE006"]
+
+
+def test_qoperator_ops_rejected():
+    b = QdqBuilder()
+    y = b.node("ConvInteger", ["x", b.const("w", np.ones((1, 1, 1, 1), np.uint8))], "convint")
+    model = b.model([("x", [1, 1, 2, 2])], [(y, None)], check=False)
+    model.graph.input[0].type.tensor_type.elem_type = 2  # uint8
+    assert _rules(model) == ["PARSE008"]
+
+
+def test_expected_weight_axis_table():
+    mk = lambda op, **a: helper.make_node(op, ["a", "b"], ["c"], **a)
+    from onnx_graphsurgeon import Node
+    assert expected_weight_axis(Node("Conv"), 1) == 0
+    assert expected_weight_axis(Node("ConvTranspose"), 1) == 1
+    assert expected_weight_axis(Node("Gemm", attrs={"transB": 1}), 1) == 0
+    assert expected_weight_axis(Node("Gemm"), 1) == 1
+    assert expected_weight_axis(Node("Conv"), 0) is None
+    assert mk("Conv") is not None

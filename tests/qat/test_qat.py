@@ -1,0 +1,134 @@
+"""QAT distillation: schedule, layer choice, hooks, loss decrease, invariants, checkpoints and resume."""
+
+import pytest
+import torch
+
+from trtqat.demo import fixtures
+from trtqat.errors import InputError, UsageError
+from trtqat.models.checkpoint import torch_load
+from trtqat.quant.checkpoint import amax_table
+from trtqat.quant.ptq import CalibConfig, run_ptq
+from trtqat.quant.qat import (
+    DistEnv,
+    QatConfig,
+    capture_outputs,
+    dist_env,
+    lr_for_epoch,
+    qat_paths,
+    shard,
+    sharing_groups,
+    supervision_layers,
+    train_qat,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def ptq(yolo_checkpoint, calib_images):
+    ckpt, repo = yolo_checkpoint("yolov5")
+    res = run_ptq(ckpt, repo=repo, calib=CalibConfig(calib_dir=calib_images, size=SIZE, batch_size=4, calib_batches=1))
+    return res, repo
+
+
+@pytest.fixture(scope="module")
+def train_files(tmp_path_factory):
+    return fixtures.make_images(tmp_path_factory.mktemp("train") / "images", n=2, size=(96, 64))
+
+
+def test_reference_lr_schedule():
+    assert [lr_for_epoch(e) for e in range(10)] == pytest.approx([1e-6] * 3 + [1e-5] * 5 + [1e-6] * 2, rel=1e-9)
+    assert lr_for_epoch(4, peak=1e-4) == 1e-4 and lr_for_epoch(0, peak=1e-4) == pytest.approx(1e-5)
+
+
+def test_supervision_layers():
+    assert supervision_layers(25) == list(range(24))  # yolov5s: 0..23, Detect (24) excluded
+    assert supervision_layers(106, 1)[-1] == 104 and len(supervision_layers(106, 1)) == 105
+    assert supervision_layers(25, 5) == [0, 5, 10, 15, 20, 23]
+
+
+def test_dist_env_parsing():
+    assert dist_env({}) == DistEnv(0, 0, 1) and not dist_env({}).distributed
+    env = dist_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert env == DistEnv(rank=3, local_rank=1, world_size=4) and env.distributed and not env.is_main
+    assert shard(list(range(10)), env) == [3, 7]
+    with pytest.raises(UsageError):
+        dist_env({"WORLD_SIZE": "two"})
+    with pytest.raises(UsageError):
+        dist_env({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_qat_config_validation():
+    with pytest.raises(UsageError, match="--epochs"):
+        QatConfig(epochs=0)
+    with pytest.raises(UsageError, match="--lr"):
+        QatConfig(lr=0)
+
+
+def test_capture_removes_hooks_on_error():
+    layer = torch.nn.Identity()
+    with pytest.raises(RuntimeError), capture_outputs([layer]) as out:
+        layer(torch.ones(1))
+        assert out[0] is not None and len(layer._forward_hooks) == 1
+        raise RuntimeError("boom")
+    assert len(layer._forward_hooks) == 0
+
+
+def test_loss_decreases_and_invariants_hold(ptq, train_files, tmp_path):
+    res, repo = ptq
+    before_amax = amax_table(res.model)
+    before_weights = {k: v.clone() for k, v in res.model.state_dict().items()}
+    groups = sharing_groups(res.model)
+    assert groups, "the yolov5 rules share scales; the test needs shared quantizers"
+    cfg = QatConfig(epochs=3, iters=1, batch_size=2, size=SIZE, lr=1e-4, flip=False)  # same batch each step
+    out = train_qat(res.model, train_files, tmp_path / "qat.pt", cfg)
+    losses = [r["loss"] for r in out.history]
+    assert losses[0] > losses[1] > losses[2], losses
+    assert amax_table(out.model) == before_amax  # amax are frozen buffers
+    assert sharing_groups(out.model) == groups
+    for k, v in res.model.state_dict().items():  # the PTQ model (teacher) is untouched
+        assert torch.equal(v, before_weights[k]), k
+    assert not any(m._forward_hooks for m in out.model.modules())
+    obj, _ = torch_load(tmp_path / "qat.pt", repo)
+    assert obj["trtqat"]["kind"] == "qat" and obj["trtqat"]["epoch"] == 2
+    assert obj["trtqat"]["amax"] == before_amax
+
+
+def test_resume_continues_to_the_same_result(ptq, train_files, tmp_path):
+    res, repo = ptq
+    cfg = QatConfig(epochs=2, iters=1, batch_size=1, size=SIZE, lr=1e-3)
+    full = train_qat(res.model, train_files, tmp_path / "a" / "qat.pt", cfg)
+
+    def stop(record):
+        if record["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_qat(res.model, train_files, tmp_path / "b" / "qat.pt", cfg, on_epoch=stop)
+    paths = qat_paths(tmp_path / "b" / "qat.pt")
+    assert paths.best.exists() and paths.last.exists() and paths.state.exists()
+    assert torch.load(paths.state, weights_only=False)["epoch"] == 0
+    assert not list((tmp_path / "b").glob(".*"))  # no temporary files left behind
+    resumed = train_qat(None, train_files, tmp_path / "b" / "qat.pt", cfg, resume=True, repo=repo)
+    assert resumed.resumed_from == 1 and [r["epoch"] for r in resumed.history] == [0, 1]
+    assert resumed.history[0]["loss"] == full.history[0]["loss"]
+    assert resumed.history[1]["loss"] == pytest.approx(full.history[1]["loss"], rel=1e-5)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_without_state_is_an_input_error(tmp_path, train_files):
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_qat(None, train_files, tmp_path / "qat.pt", QatConfig(epochs=1, iters=1), resume=True)
+
+
+def test_best_epoch_follows_the_scorer(ptq, train_files, tmp_path, monkeypatch):
+    res, repo = ptq
+    scores = iter([5.0, 3.0])
+    cfg = QatConfig(epochs=2, iters=1, batch_size=1, size=SIZE, lr=1e-3)
+    out = train_qat(res.model, train_files, tmp_path / "qat.pt", cfg, scorer=lambda s, t: (next(scores), {}),
+                    repo=repo)
+    assert out.best_epoch == 0 and out.best_score == 5.0 and [r["best"] for r in out.history] == [True, False]
+    assert torch_load(tmp_path / "qat.pt", repo)[0]["trtqat"]["epoch"] == 0
+    assert torch_load(tmp_path / "qat.last.pt", repo)[0]["trtqat"]["epoch"] == 1

@@ -1,0 +1,121 @@
+"""Rule files: the shipped policies, extends/merging, the ignore policy, and malformed files (exit 2)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from trtqat.cli import main
+from trtqat.errors import InputError
+from trtqat.graph.policy import RULES_DIR, load_policy_file, policy_file
+from trtqat.models.family import FamilyInfo
+from trtqat.quant.share import load_policy
+
+STABLE = {"TQ001": "qdq.concat-shared-scale", "TQ002": "qdq.maxpool-passthrough",
+          "TQ003": "qdq.resize-nearest-passthrough", "TQ004": "qdq.data-movement-passthrough",
+          "TQ005": "qdq.residual-add-shared-scale", "TQ006": "qdq.sibling-shared-input",
+          "TQ007": "qdq.float-fanout"}
+
+
+def test_shipped_policies_have_stable_ids_and_reasons():
+    for name in ("default", "yolov5", "yolov7"):
+        pol = load_policy_file(RULES_DIR / f"{name}.yaml")
+        assert {r.id: r.name for r in pol.rules} == STABLE
+        assert all(len(r.why) > 40 and "\n" not in r.why for r in pol.rules)
+    assert load_policy_file(RULES_DIR / "default.yaml").fanout_mode() == "report"
+    assert load_policy_file(RULES_DIR / "yolov5.yaml").fanout_mode() == "quantize-input"
+    assert load_policy_file(RULES_DIR / "yolov7.yaml").fanout_mode() == "report"
+    assert load_policy_file(RULES_DIR / "default.yaml").rule("TQ001").ops == ("Concat",)
+
+
+def test_policy_file_by_family(tmp_path):
+    assert policy_file("yolov5") == RULES_DIR / "yolov5.yaml"
+    assert policy_file("unknown") == RULES_DIR / "default.yaml"
+    assert policy_file("yolov7", tmp_path / "x.yaml") == tmp_path / "x.yaml"
+
+
+@pytest.mark.parametrize("family,detect,pattern", [("yolov5", 24, r"model\.24\.m\..*"),
+                                                   ("yolov7", 105, r"model\.105\.m\..*"),
+                                                   ("unknown", 9, r"model\.9\.m\..*")])
+def test_ignore_resolves_detect_outputs(family, detect, pattern):
+    pol = load_policy(FamilyInfo(family, detect, f"model.{detect}", detect + 1))
+    assert pol.ignore == (pattern,)
+    assert re.match(pattern, f"model.{detect}.m.0") and re.match(pattern, f"model.{detect}.m.2")
+    assert not re.match(pattern, f"model.{detect}") and not re.match(pattern, f"model.{detect - 1}.m.0")
+
+
+def test_extends_merges_rules_by_id_and_concatenates_ignore(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("extends: yolov7\nignore_detect_outputs: false\nignore: ['model\\.0\\..*']\nrules:\n"
+                 "  - {id: TQ004, enabled: false}\n"
+                 "  - {id: TQ101, name: user.tie, kind: group, members: [model.6.conv, model.7.conv], why: test}\n")
+    pol = load_policy_file(f)
+    assert pol.sources == (str(RULES_DIR / "default.yaml"), str(RULES_DIR / "yolov7.yaml"), str(f))
+    assert not pol.rule("TQ004").enabled and pol.rule("TQ004").ops  # fields not set are inherited
+    assert pol.rule("TQ101").members == ("model.6.conv", "model.7.conv")
+    assert pol.resolve((r"model\.105\.m\..*",)).ignore == (r"model\.0\..*",)  # detect outputs turned off
+
+
+BAD = {
+    "unknown-top-key": ("extends: default\nignores: []\n", "key 'ignores' is unknown", "Allowed keys: extends"),
+    "unknown-rule-key": ("rules:\n  - {id: TQ001, name: a.b, kind: align, ops: [Concat], why: x, op: [Concat]}\n",
+                         "key 'rules[0] (TQ001).op' is unknown", "Allowed keys: id, name, kind, why, enabled, ops"),
+    "bad-op": ("rules:\n  - {id: TQ001, name: a.b, kind: align, ops: [Concatt], why: x}\n",
+               "key 'rules[0] (TQ001).ops' lists 'Concatt'", "Allowed values: "),
+    "non-commuting-op": ("rules:\n  - {id: TQ001, name: a.b, kind: align, ops: [Conv], why: x}\n",
+                         "which is not an op TensorRT moves Q/DQ across", "MaxPool"),
+    "bad-regex": ("ignore: ['model\\.(24']\n", "key 'ignore[0]' is not a valid regular expression",
+                  "Allowed values: Python regexes"),
+    "bad-kind": ("rules:\n  - {id: TQ001, name: a.b, kind: share, why: x}\n", "key 'rules[0] (TQ001).kind'",
+                 "Allowed values: align, residual-add, siblings, float-fanout, group"),
+    "bad-mode": ("extends: default\nrules:\n  - {id: TQ007, mode: quantise}\n", "key 'rules[0] (TQ007).mode'",
+                 "Allowed values: report, quantize-input"),
+    "bad-id": ("rules:\n  - {id: tq1, name: a.b, kind: siblings, why: x}\n", "key 'rules[0] (tq1).id'", "TQ001"),
+    "duplicate-id": (("rules:\n  - {id: TQ001, name: a.b, kind: siblings, why: x}\n"
+                      "  - {id: TQ001, name: a.c, kind: siblings, why: x}\n"), "key 'rules[1].id' repeats", "own id"),
+    "missing-why": ("rules:\n  - {id: TQ001, name: a.b, kind: siblings}\n", "key 'rules[0] (TQ001).why'", "why"),
+    "not-yaml": ("rules: [\n", "is not valid YAML", "Fix the YAML"),
+    "extends-missing": ("extends: nothere.yaml\n", "key 'extends' names 'nothere.yaml', which does not exist",
+                        "Allowed values: a shipped policy"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_rule_file_exits_2_naming_file_and_key(tmp_path, case):
+    text, problem, hint = BAD[case]
+    f = tmp_path / f"{case}.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_policy_file(f)
+    assert problem in err.value.message and hint in (err.value.hint or "")
+    result = CliRunner().invoke(main, ["rules", "--list", "--rules", str(f)])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ") and case in result.output and "Traceback" not in result.output
+
+
+def test_extends_loop_names_the_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: ./a.yaml\n")
+    result = CliRunner().invoke(main, ["rules", "--list", "--rules", str(tmp_path / "a.yaml")])
+    assert result.exit_code == 2
+    assert "key 'extends' forms a loop" in result.output and "a.yaml -> " in result.output
+
+
+def test_list_prints_every_rule_and_family_settings():
+    result = CliRunner().invoke(main, ["rules", "--list", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads(result.output)
+    assert [(r["id"], r["name"]) for r in data["rules"]] == list(STABLE.items())
+    fanout = data["rules"][-1]["settings"]
+    assert fanout == {"default": "report", "yolov5": "quantize-input", "yolov7": "report"}
+    assert {(o["file"], o["id"]) for o in data["overrides"]} == {("yolov5", "TQ007"), ("yolov7", "TQ007")}
+    text = CliRunner().invoke(main, ["rules", "--list"]).output
+    assert all(i in text and n in text for i, n in STABLE.items())
+
+
+def test_rules_without_checkpoint_is_a_usage_error():
+    result = CliRunner().invoke(main, ["rules"])
+    assert result.exit_code == 2 and "missing argument CKPT" in result.output

@@ -1,0 +1,14 @@
+"""Evaluation of float / PTQ / QAT models: letterboxed inference, NMS, COCO mAP and label-free fidelity.
+
+Layering: ``eval`` sits above ``quant`` (it switches quantizers on and off through
+:mod:`trtqat.quant.modes`) and below ``cli``. Nothing here is imported by ``trtqat`` at start-up; torch,
+pycocotools and torchvision are reached only when a function that needs them runs.
+
+Modules:
+  * :mod:`.boxes`     box formats and letterbox un-mapping
+  * :mod:`.nms`       torchvision NMS when importable, else an exact vectorised fallback
+  * :mod:`.labels`    YOLO txt labels (``images/`` -> ``labels/``) and COCO JSON ground truth
+  * :mod:`.coco_map`  mAP@0.5:0.95 and mAP@0.5 with pycocotools
+  * :mod:`.fidelity`  cosine / SQNR per output and agreement mAP against the float model
+  * :mod:`.evaluate`  one entry point: run a model over a folder and return metrics
+"""

@@ -1,0 +1,48 @@
+"""COCO mAP@0.5:0.95 and mAP@0.5 with pycocotools (the evaluator the published YOLO numbers use).
+
+pycocotools prints its progress on stdout; it is captured here so ``--json`` output stays clean.
+Detections use COCO's result format: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in
+original-image pixels. Only the images that were actually run are evaluated (``params.imgIds``): a val
+folder that holds a subset of an annotation file is scored on that subset.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Sequence
+
+from .._deps import require
+
+
+def coco_map(gt: dict, detections: Sequence[dict], image_ids: Sequence[int] | None = None) -> dict:
+    """Return ``{"map": mAP@0.5:0.95, "map50": mAP@0.5}`` (None values when the ground truth is empty).
+
+    Args:
+        gt: COCO-format ground truth (images, annotations, categories).
+        detections: COCO result rows.
+        image_ids: the images to score (default: every image of ``gt``).
+    """
+    require("pycocotools", purpose="COCO mAP evaluation")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ids = sorted(set(image_ids)) if image_ids is not None else sorted(im["id"] for im in gt["images"])
+    id_set = set(ids)
+    if not any(a["image_id"] in id_set for a in gt["annotations"]):
+        return {"map": None, "map50": None}
+    if not detections:
+        return {"map": 0.0, "map50": 0.0}
+    dataset = copy.copy(gt)
+    dataset.setdefault("info", {})
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = dataset
+        truth.createIndex()
+        dets = truth.loadRes([dict(d) for d in detections])
+        ev = COCOeval(truth, dets, "bbox")
+        ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map": max(float(ev.stats[0]), 0.0), "map50": max(float(ev.stats[1]), 0.0)}

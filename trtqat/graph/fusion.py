@@ -1,0 +1,181 @@
+"""Form TensorRT fusion groups on a propagated Q/DQ graph and decide each group's precision.
+
+Why: after propagation (:mod:`trtqat.graph.propagate`) a Q or DQ disappears only if a kernel
+absorbs it. TensorRT documents which kernels can (developer guide, "Q/DQ Fusion", "Types of
+Fusions"; rule names as in shared/reference/trt-qdq-processing.md §4):
+
+  F1  weighted op (Conv/ConvTranspose/Gemm/MatMul) + BN/bias + pointwise chain (ReLU, Clip,
+      LeakyReLU, SiLU = Sigmoid + Mul(x, sigmoid(x)), ...): INT8 input when its activation comes
+      through a DQ; INT8 output only when the chain's single consumer is a Q, otherwise it writes
+      float for free (int8-in/float-out, observed on the TREx fc layer).
+  F2  + a residual Add: the fused kernel's output precision equals the residual's precision.
+      When both Add inputs come straight from convs, TensorRT lets the later conv host the Add
+      (observed: the downsample conv hosts it in the TREx engines).
+  F3  non-weighted quantizable op: runs INT8 only as DQ -> op -> Q.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .propagate import IrNode, QdqIr
+
+_BIAS_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+@dataclass(eq=False)
+class Group:
+    """One predicted engine layer: a root compute node plus what fuses into it."""
+
+    root: IrNode
+    nodes: list[IrNode]
+    end: str                                   # tensor the group writes
+    kind: str                                  # weighted / quantizable / commuting / pointwise / float / shape
+    precision: str = "float"                   # compute precision: INT8 or float
+    out_int8: bool = False                     # writes INT8 (a trailing Q is absorbed)
+    residual: str | None = None                # residual tensor of a fused Add
+    int8_inputs: set[str] = field(default_factory=set)  # input tensors read as INT8 (their DQ is absorbed)
+    why_float: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+
+def _pointwise_step(ir: QdqIr, t: str) -> list[IrNode] | None:
+    """The node(s) of one fusable pointwise step reading ``t`` alone, or None."""
+    if t in ir.outputs:
+        return None
+    cons = ir.cons(t)
+    if len(cons) == 2:  # SiLU: Sigmoid(t) and Mul(t, sigmoid(t))
+        sig = next((c for c in cons if c.op == "Sigmoid"), None)
+        mul = next((c for c in cons if c.op == "Mul"), None)
+        if sig and mul and sig.outputs[0] in mul.inputs and t in mul.inputs and ir.cons(sig.outputs[0]) == [mul]:
+            return [sig, mul]
+        return None
+    if len(cons) != 1:
+        return None
+    c = cons[0]
+    if c.beh.pointwise and c.inputs and c.inputs[0] == t:
+        return [c]
+    if c.op in _BIAS_OPS and len(c.inputs) == 2 and any(ir.is_const(x) for x in c.inputs):
+        return [c]
+    return None
+
+
+def _chain(ir: QdqIr, t: str) -> tuple[list[IrNode], str]:
+    nodes: list[IrNode] = []
+    while (step := _pointwise_step(ir, t)) is not None:
+        nodes += step
+        t = step[-1].outputs[0]
+    return nodes, t
+
+
+def _residual_add(ir: QdqIr, t: str) -> IrNode | None:
+    """The Add that ``t`` alone feeds, if it could fuse as a residual Add (same shapes, no constant)."""
+    cons = ir.cons(t)
+    if t in ir.outputs or len(cons) != 1 or cons[0].op != "Add" or len(cons[0].inputs) != 2:
+        return None
+    add = cons[0]
+    a, b = add.inputs
+    if a == b or ir.is_const(a) or ir.is_const(b):
+        return None
+    sa, sb = ir.shapes.get(a), ir.shapes.get(b)
+    if sa is not None and sb is not None and list(sa) != list(sb):
+        return None  # broadcasting sums do not fuse (TensorRT 8.x "Types of Fusions")
+    return add
+
+
+def form_groups(ir: QdqIr) -> list[Group]:
+    """Partition the non-Q/DQ nodes of ``ir`` into predicted engine layers (topological order)."""
+    claimed: set[int] = set()
+    groups: list[Group] = []
+    heads: dict[int, tuple[list[IrNode], str]] = {}
+    hosts: dict[int, tuple[IrNode, IrNode]] = {}  # id(Add) -> (Add, hosting weighted op: the later one)
+    for n in ir.nodes:
+        if n.beh.weighted and len(n.inputs) > 1 and ir.is_const(n.inputs[1]):
+            chain, end = _chain(ir, n.outputs[0])
+            heads[id(n)] = (chain, end)
+            add = _residual_add(ir, end)
+            if add is not None and (id(add) not in hosts or ir.index(n) > ir.index(hosts[id(add)][1])):
+                hosts[id(add)] = (add, n)
+    host_of = {id(w): add for add, w in hosts.values()}
+    for n in ir.nodes:
+        if n.is_q or n.is_dq or id(n) in claimed:
+            continue
+        if id(n) in heads:
+            chain, end = heads[id(n)]
+            g = Group(n, [n, *chain], end, "weighted")
+            add = host_of.get(id(n))
+            if add is not None:
+                g.residual = add.inputs[1] if add.inputs[0] == end else add.inputs[0]
+                post, end = _chain(ir, add.outputs[0])
+                g.nodes += [add, *post]
+                g.end = end
+        else:
+            chain, end = _chain(ir, n.outputs[0]) if n.outputs else ([], "")
+            g = Group(n, [n, *chain], end or (n.outputs[0] if n.outputs else ""), n.beh.kind)
+        claimed.update(id(x) for x in g.nodes)
+        _assign_precision(ir, g)
+        groups.append(g)
+    return groups
+
+
+def _single_q(ir: QdqIr, t: str) -> IrNode | None:
+    cons = ir.cons(t)
+    if t in ir.outputs or len(cons) != 1 or not cons[0].is_q:
+        return None
+    return cons[0]
+
+
+def _assign_precision(ir: QdqIr, g: Group) -> None:
+    root = g.root
+    if g.kind == "weighted":
+        act = root.inputs[0]
+        if ir.dq_of(act) is None:
+            g.why_float = "its activation input has no DequantizeLinear (not quantized)"
+            return
+        g.precision = "INT8"
+        g.int8_inputs.add(act)
+        res_int8 = g.residual is None or ir.dq_of(g.residual) is not None
+        q = _single_q(ir, g.end)
+        if q is not None and res_int8:
+            g.out_int8 = True
+            if g.residual is not None:
+                g.int8_inputs.add(g.residual)
+        elif not res_int8:
+            g.why_float = "its fused residual Add reads a float residual, so it writes float"
+        else:
+            g.why_float = _why_not_single_q(ir, g.end)
+        return
+    idx = ir.data_inputs(root)
+    if root.int8:  # a commuting op that Q/DQ propagation moved across
+        g.precision, g.out_int8 = "INT8", True
+        g.int8_inputs.update(root.inputs[i] for i in idx)
+        return
+    if g.kind == "quantizable":
+        all_dq = bool(idx) and all(ir.dq_of(root.inputs[i]) is not None for i in idx)
+        if not all_dq:
+            g.why_float = "not all of its inputs come through a DequantizeLinear"
+        elif _single_q(ir, g.end) is None:
+            g.why_float = ("a non-weighted op with INT8 inputs needs an INT8 output, but "
+                           + _why_not_single_q(ir, g.end))
+        else:
+            g.precision, g.out_int8 = "INT8", True
+            g.int8_inputs.update(root.inputs[i] for i in idx)
+        return
+    if g.kind in ("commuting", "shape"):
+        g.why_float = "no Q/DQ could be propagated across it"
+    else:
+        g.why_float = f"TensorRT has no INT8 {root.op} in explicit quantization"
+
+
+def _why_not_single_q(ir: QdqIr, t: str) -> str:
+    cons = ir.cons(t)
+    if t in ir.outputs:
+        return "its output is a network output"
+    if not cons:
+        return "its output is unused"
+    floats = [c.name for c in cons if not c.is_q]
+    if floats:
+        return f"its output is also read in float by {', '.join(floats[:3])}"
+    return "its output feeds Quantize nodes of different scales"

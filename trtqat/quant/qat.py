@@ -1,0 +1,466 @@
+"""Quantization-aware fine-tuning as label-free feature distillation (the recipe that reached FP16 mAP on YOLOv7).
+
+Why distillation and not the detection loss: the calibrated model is already close to the float one; QAT
+only has to teach the weights to live with the int8 grid. The teacher is the *same* calibrated model with
+every quantizer bypassed (the fused float model), so any folder of unlabelled images is enough. The loss is
+the sum over supervised layers of ``MSE(student, teacher)`` on the outputs of the top-level layers
+``model.model[i]`` for ``i in range(0, len - 1, stride)`` plus ``len - 2`` (every layer before the detect head
+with stride 1, Concat/Upsample/MP included), collected with forward hooks that are removed in ``finally``.
+
+The student runs in :func:`~trtqat.quant.modes.qat_mode`: fake-quant on, statistics frozen. The amax
+values are buffers, not parameters, so they stay fixed (the scales TensorRT will use are the calibrated
+ones), and quantizers shared by the scale-sharing rules stay the *same objects* (checked every epoch).
+The detect head gets no gradient (it is not supervised) and is frozen, which also keeps DDP happy.
+
+Checkpoints, per epoch, all atomic (``<qat>`` is the ``--qat`` path):
+
+* ``<qat>``: the best epoch so far (``scorer``: mAP with labels, else SQNR against the teacher);
+* ``<stem>.last.pt``: the latest epoch, a normal trtqat checkpoint (usable by ``export`` after a crash);
+* ``<stem>.state.pt``: what ``--resume`` needs (student and teacher state dicts, optimizer, scaler,
+  history); written last, so it is the commit point of an epoch. Ctrl-C or a crash leaves the last
+  complete epoch, and resuming re-runs only the interrupted one.
+
+Learning rate: the reference schedule (epochs 0-2: 1e-6, 3-7: 1e-5, 8+: 1e-6) expressed as factors of a
+peak ``lr`` (default 1e-5): ``--lr X`` scales all three phases (X/10, X, X/10).
+
+Multi-GPU: launched with ``torchrun --nproc_per_node N``, each process reads ``RANK``/``LOCAL_RANK``/
+``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own slice of every global batch
+(DistributedSampler-style ``[rank::world]``), and only rank 0 scores and writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._io import atomic_path
+from ..errors import InputError, UsageError
+from ._compat import load_quant_state_dict
+from .checkpoint import save_quantized
+from .device import resolve_device
+from .modes import qat_mode, quant_disabled
+from .quantizers import quantizer_aliases
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+DEFAULT_LR = 1e-5
+#: (first epoch, factor of the peak lr): the reference {0: 1e-6, 3: 1e-5, 8: 1e-6}
+REFERENCE_SCHEDULE = ((0, 0.1), (3, 1.0), (8, 0.1))
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """QAT flags (``--epochs --iters --batch-size --lr --supervision-stride --clip-grad --amp --seed``)."""
+
+    epochs: int = 10
+    iters: int = 200
+    batch_size: int = 8
+    size: int = 640
+    lr: float = DEFAULT_LR
+    supervision_stride: int = 1
+    clip_grad: float | None = None
+    amp: bool = True
+    seed: int = 0
+    flip: bool = True
+    device: str | None = "cpu"
+
+    def __post_init__(self):
+        for name in ("epochs", "iters", "batch_size", "supervision_stride"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise UsageError(f"--clip-grad must be positive, got {self.clip_grad}")
+
+
+def lr_for_epoch(epoch: int, peak: float = DEFAULT_LR, schedule=REFERENCE_SCHEDULE) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``schedule`` scaled to ``peak``."""
+    factor = schedule[0][1]
+    for start, f in schedule:
+        if epoch >= start:
+            factor = f
+    return peak * factor
+
+
+@dataclass(frozen=True)
+class QatPaths:
+    best: Path
+    last: Path
+    state: Path
+
+
+def qat_paths(out: str | Path) -> QatPaths:
+    """``qat.pt`` -> (``qat.pt``, ``qat.last.pt``, ``qat.state.pt``)."""
+    out = Path(out)
+    return QatPaths(best=out, last=out.with_name(f"{out.stem}.last.pt"), state=out.with_name(f"{out.stem}.state.pt"))
+
+
+# ---------------------------------------------------------------- distributed launch
+
+@dataclass(frozen=True)
+class DistEnv:
+    """What ``torchrun`` tells this process (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env(environ: dict | None = None) -> DistEnv:
+    """Parse the torchrun environment; single-process when ``WORLD_SIZE`` is absent or 1."""
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise UsageError(f"bad torchrun environment ({exc})", "WORLD_SIZE, RANK and LOCAL_RANK must be integers") from exc
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise UsageError(f"bad torchrun environment: RANK={rank} LOCAL_RANK={local} WORLD_SIZE={world}",
+                         "Launch with torchrun --nproc_per_node N")
+    return DistEnv(rank=rank, local_rank=local, world_size=world)
+
+
+def shard(items: Sequence, env: DistEnv) -> list:
+    """This rank's slice of ``items`` (``items[rank::world]``, DistributedSampler style)."""
+    return list(items[env.rank::env.world_size])
+
+
+# ---------------------------------------------------------------- data
+
+class TrainImages:
+    """Letterboxed training batches, deterministic per (seed, epoch) so a resumed run sees the same data.
+
+    Each epoch draws ``iters`` global batches from fresh permutations of the file list (repeating the
+    list as often as needed) with an optional horizontal flip per image.
+    """
+
+    def __init__(self, files: Sequence[Path], size: int, seed: int = 0, flip: bool = True):
+        if not files:
+            raise InputError("no training images", "Pass --train DIR with images")
+        self.files, self.size, self.seed, self.flip = list(files), size, seed, flip
+
+    def batches(self, epoch: int, iters: int, batch_size: int, env: DistEnv = DistEnv()) -> Iterator[np.ndarray]:
+        from ..data.images import letterbox, read_rgb
+
+        rng = np.random.default_rng([self.seed, epoch])
+        per_global = batch_size * env.world_size
+        need = iters * per_global
+        order = np.concatenate([rng.permutation(len(self.files)) for _ in range(-(-need // len(self.files)))])
+        flips = rng.random(order.size) < 0.5
+        for it in range(iters):
+            window = slice(it * per_global, (it + 1) * per_global)
+            images = []
+            for i, flip in zip(shard(order[window], env), shard(flips[window], env)):
+                img = read_rgb(self.files[int(i)])
+                if img is None:
+                    continue
+                boxed, _ = letterbox(img, self.size)
+                images.append(boxed[:, ::-1] if (flip and self.flip) else boxed)
+            if images:
+                yield np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+# ---------------------------------------------------------------- distillation
+
+def supervision_layers(num_layers: int, stride: int = 1) -> list[int]:
+    """Indices of supervised top-level layers: ``range(0, n - 1, stride)`` plus ``n - 2`` (before Detect)."""
+    idx = list(range(0, num_layers - 1, stride))
+    if num_layers >= 2 and num_layers - 2 not in idx:
+        idx.append(num_layers - 2)
+    return idx
+
+
+@contextlib.contextmanager
+def capture_outputs(layers: Sequence[torch.nn.Module]) -> Iterator[list]:
+    """Collect each layer's forward output into a list (same order); hooks removed even on error."""
+    store: list = [None] * len(layers)
+
+    def hook(i):
+        def save(module, inputs, output):
+            store[i] = output
+        return save
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def distillation_loss(student: Sequence, teacher: Sequence) -> torch.Tensor:
+    """Sum over layers (and tensors within a layer) of ``MSE(student, teacher)``."""
+    losses = [F.mse_loss(s.float(), t.float()) for so, to in zip(student, teacher)
+              for s, t in zip(_tensors(so), _tensors(to))]
+    if not losses:
+        raise RuntimeError("no supervised layer produced an output")
+    return torch.stack(losses).sum()
+
+
+def sharing_groups(model) -> frozenset[tuple[str, ...]]:
+    """The sets of quantizer names that are one shared object."""
+    return frozenset(tuple(sorted(n)) for n in quantizer_aliases(model).values() if len(n) > 1)
+
+
+def check_sharing(model, expected: frozenset) -> None:
+    """Raise AssertionError when QAT broke a shared quantizer apart (an invariant, not a user error)."""
+    now = sharing_groups(model)
+    if now != expected:
+        raise AssertionError(f"shared quantizers changed during QAT: {sorted(expected ^ now)[:3]}")
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class QatResult:
+    """``model``: the best student (CPU, fake-quant flags as in training); ``teacher``: the PTQ model."""
+
+    model: object
+    teacher: object
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    paths: QatPaths | None = None
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "epochs": self.history,
+                "resumed_from": self.resumed_from, "seconds": round(self.seconds, 2),
+                "saved": str(self.paths.best) if self.paths else None}
+
+
+Scorer = Callable[[object, object], "tuple[float, dict]"]
+
+
+def _layers(model) -> list:
+    seq = getattr(model, "model", None)
+    if seq is None or not hasattr(seq, "__getitem__"):
+        raise InputError("QAT needs a YOLO model with a top-level 'model' layer list", "Pass a YOLOv5/YOLOv7 checkpoint")
+    return list(seq)
+
+
+def _prepare(student, teacher) -> tuple[list[int], list]:
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    layers = _layers(student)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    for p in layers[-1].parameters():  # detect head: not supervised, no gradient
+        p.requires_grad_(False)
+    return layers, [p for p in student.parameters() if p.requires_grad]
+
+
+def _cpu_model(model):
+    """A CPU copy for pickling (the model itself when it already lives on the CPU)."""
+    dev = next(model.parameters()).device
+    return model if dev.type == "cpu" else copy.deepcopy(model).cpu()
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path} could not be read ({exc})", "Start again without --resume") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise InputError(f"{path} is not a trtqat QAT state file", "Start again without --resume")
+    return state
+
+
+def _resume(paths: QatPaths, repo) -> tuple[object, object, dict]:
+    from ..models.checkpoint import torch_load
+
+    if not paths.state.exists() or not paths.last.exists():
+        raise InputError(f"nothing to resume: {paths.state} or {paths.last} is missing",
+                         "Run without --resume to start QAT from the PTQ model")
+    state = _load_state(paths.state)
+    obj, _ = torch_load(paths.last, repo)
+    student = obj["model"] if isinstance(obj, dict) else obj
+    teacher = copy.deepcopy(student)
+    load_quant_state_dict(teacher, state["teacher"])
+    load_quant_state_dict(student, state["model"])
+    return student.float().eval(), teacher.float().eval(), state
+
+
+def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfig = QatConfig(), *,
+              scorer: Scorer | None = None, meta: dict | None = None, resume: bool = False, repo=None,
+              on_epoch: Callable[[dict], None] | None = None, progress: Callable[[int], None] | None = None,
+              env: DistEnv | None = None) -> QatResult:
+    """Fine-tune the calibrated ``model`` (PTQ result) by distillation from its own float self.
+
+    Args:
+        model: the calibrated quantized model (left untouched: it becomes the teacher; a copy trains).
+            Ignored with ``resume=True``, where student and teacher come from ``<stem>.last.pt`` and
+            ``<stem>.state.pt``.
+        train_files: training images (labels are not used).
+        out: the ``--qat`` path (best epoch); the other files are derived by :func:`qat_paths`.
+        scorer: ``scorer(student, teacher) -> (score, metrics)``, higher is better; None keeps the last
+            epoch as the best.
+        meta: extra checkpoint metadata (family, source, size ...); ``kind``/``epoch`` are added.
+        repo: the upstream clone, to unpickle ``<stem>.last.pt`` on resume.
+        on_epoch: called on rank 0 with each epoch's record after its files are written (an exception
+            raised there stops training with those files complete).
+        progress: called with 1 after every optimizer step.
+        env: the distributed environment (default: parsed from the torchrun variables).
+
+    Returns:
+        :class:`QatResult` with the best student.
+    """
+    t0 = time.perf_counter()
+    env = env or dist_env()
+    paths = qat_paths(out)
+    device = _setup_device(cfg, env)
+    meta = dict(meta or {})
+    state = None
+    if resume:
+        student, teacher, state = _resume(paths, repo)
+    else:
+        if model is None:
+            raise UsageError("QAT needs a calibrated model", "Run PTQ first (--calib DIR)")
+        teacher = model
+        student = copy.deepcopy(model)
+    groups = sharing_groups(student)
+    layers, params = _prepare(student, teacher)
+    sup = supervision_layers(len(layers), cfg.supervision_stride)
+    student.to(device), teacher.to(device)
+    amp = cfg.amp and device.type == "cuda"
+    optimizer = torch.optim.Adam(params, lr=lr_for_epoch(0, cfg.lr))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    history: list[dict] = []
+    best = {"epoch": None, "score": None}
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start = list(state["history"]), dict(state["best"]), int(state["epoch"]) + 1
+        meta = {**state.get("meta", {}), **meta}
+    forward = _wrap_ddp(student, env, device)
+    s_layers, t_layers = [layers[i] for i in sup], [_layers(teacher)[i] for i in sup]
+    data = TrainImages(train_files, cfg.size, seed=cfg.seed, flip=cfg.flip)
+    teacher_state = {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
+    with qat_mode(student), quant_disabled(teacher):
+        for epoch in range(start, cfg.epochs):
+            t_epoch = time.perf_counter()
+            lr = lr_for_epoch(epoch, cfg.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            losses = []
+            for batch in data.batches(epoch, cfg.iters, cfg.batch_size, env):
+                x = torch.from_numpy(batch).to(device, non_blocking=True)
+                losses.append(_step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, cfg.clip_grad,
+                                    params))
+                if progress:
+                    progress(1)
+            check_sharing(student, groups)
+            record = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)) if losses else math.nan,
+                      "steps": len(losses), "score": None, "metrics": None, "best": False}
+            if env.is_main:
+                if scorer is not None:
+                    record["score"], record["metrics"] = scorer(student, teacher)
+                improved = scorer is None or best["score"] is None or record["score"] > best["score"]
+                record["best"] = bool(improved)
+                record["seconds"] = round(time.perf_counter() - t_epoch, 2)
+                history.append(record)
+                ckpt_meta = {**meta, "kind": "qat", "epoch": epoch, "epochs": cfg.epochs, "score": record["score"],
+                             "qat": {k: v for k, v in asdict(cfg).items() if k != "device"}}
+                if improved:
+                    best = {"epoch": epoch, "score": record["score"]}
+                    save_quantized(_cpu_model(student), paths.best, {**ckpt_meta, "best": True})
+                save_quantized(_cpu_model(student), paths.last, ckpt_meta)
+                _write_state(paths.state, epoch, student, teacher_state, optimizer, scaler, history, best, meta)
+            if env.distributed:
+                torch.distributed.barrier()
+            if env.is_main and on_epoch:
+                on_epoch(record)
+    student.cpu(), teacher.cpu()
+    best_model = _best_student(student, paths, best, history, cfg, repo)
+    return QatResult(model=best_model, teacher=teacher, history=history, best_epoch=best["epoch"],
+                     best_score=best["score"], paths=paths, resumed_from=start if resume else None,
+                     seconds=time.perf_counter() - t0)
+
+
+def _step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, clip, params) -> float:
+    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=amp):
+        with torch.no_grad(), capture_outputs(t_layers) as t_out:
+            teacher(x)
+        with capture_outputs(s_layers) as s_out:
+            forward(x)
+        loss = distillation_loss(s_out, t_out)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+def _write_state(path, epoch, student, teacher_state, optimizer, scaler, history, best, meta) -> None:
+    state = {"format": STATE_FORMAT, "epoch": epoch, "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+             "teacher": teacher_state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+             "history": history, "best": best, "meta": meta}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _best_student(student, paths: QatPaths, best: dict, history: list, cfg: QatConfig, repo):
+    """The student of the best epoch: the live one when the last epoch was best, else read back."""
+    last_epoch = history[-1]["epoch"] if history else None
+    if best["epoch"] is None or best["epoch"] == last_epoch or not paths.best.exists():
+        return student
+    from ..models.checkpoint import torch_load
+
+    obj, _ = torch_load(paths.best, repo)
+    return (obj["model"] if isinstance(obj, dict) else obj).float().eval()
+
+
+def _setup_device(cfg: QatConfig, env: DistEnv) -> torch.device:
+    if not env.distributed:
+        return resolve_device(cfg.device)
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def _wrap_ddp(student, env: DistEnv, device: torch.device):
+    if not env.distributed:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)

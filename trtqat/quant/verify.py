@@ -1,0 +1,169 @@
+"""Check an exported ONNX against the PyTorch model it came from, in onnxruntime.
+
+Why the reference is the model in :func:`~trtqat.quant.modes.onnx_export_mode`: that is the exact math the
+ONNX encodes (``torch.fake_quantize_*`` with scale = amax/127, round half to even, clamp to the full int8
+range [-128, 127], which is what QuantizeLinear/DequantizeLinear compute), so the only differences left
+are float summation order and FP16 rounding. pytorch-quantization's own fake-quant kernel clamps to
+[-127, 127] instead; comparing against it would add a real difference to the rounding noise.
+
+onnxruntime runs with graph optimizations off: its CPU QDQ fusions (QLinearConv & co.) requantize with
+integer arithmetic, which is not what TensorRT computes either.
+
+Tolerance (per output, per batch size; documented in docs/export.md). Two regimes:
+
+- **Float graphs** (``--no-quant``): nothing rounds to int8, so the only differences are float summation
+  order. FP32: cosine >= 0.9999 and max abs error <= 1e-3 x max|reference| + 1e-4. FP16: cosine >= 0.999.
+- **Q/DQ graphs**: torch and onnxruntime sum convolutions in different orders, so a value within ~1e-6 of
+  an int8 rounding boundary rounds to the neighbouring level on one side (0.05% of the elements after the
+  second conv of the test model). Each such flip is a full quantization step and propagates; on a
+  sensitive network (random weights, decoded boxes = (2·sigmoid)²·anchor) the end-to-end difference grows
+  to the size of the quantization noise itself. An exact bound would fail valid exports, so the check is
+  cosine >= 0.99 (FP32) / 0.98 (FP16): it catches structural errors (a wrong head, grid, batch handling,
+  Resize, overflow, NaN) while tolerating rounding flips. The max abs error is reported for information.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import VerificationError
+from .modes import onnx_export_mode, quant_disabled
+from .onnx_trace import HeadSelect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass when cosine >= ``min_cosine`` and (if ``rel_max_abs`` is set) max abs <= rel x max|ref| + abs."""
+
+    min_cosine: float
+    rel_max_abs: float | None = None
+    abs_floor: float = 1e-4
+
+    def limit(self, ref_max: float) -> float | None:
+        return None if self.rel_max_abs is None else self.rel_max_abs * ref_max + self.abs_floor
+
+
+#: (graph dtype, quantized) -> tolerance; see the module docstring for why Q/DQ graphs are looser
+TOLERANCES = {("fp32", False): Tolerance(min_cosine=0.9999, rel_max_abs=1e-3),
+              ("fp16", False): Tolerance(min_cosine=0.999),
+              ("fp32", True): Tolerance(min_cosine=0.99),
+              ("fp16", True): Tolerance(min_cosine=0.98)}
+
+
+@dataclass
+class OutputCheck:
+    """One output at one batch size."""
+
+    graph: str  # "fp32" | "fp16": which ONNX was run
+    batch: int
+    output: str
+    max_abs: float
+    ref_max: float
+    cosine: float
+    limit_max_abs: float | None
+    min_cosine: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    source: str  # "images:<dir>" or "seeded noise"
+    checks: list[OutputCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+
+
+def verification_inputs(size: int, batch: int, calib_dir: str | Path | None, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``batch`` letterboxed calibration images (repeated when there are fewer), or seeded noise."""
+    if calib_dir is None:
+        from ..data.images import seeded_noise
+
+        return seeded_noise(batch, size, seed), "seeded noise"
+    from ..data.images import image_stream
+
+    arr = next(iter(image_stream(calib_dir, size, batch_size=batch, max_batches=1)))
+    if len(arr) < batch:
+        arr = np.concatenate([arr] * -(-batch // len(arr)))[:batch]
+    return np.ascontiguousarray(arr), f"images:{calib_dir}"
+
+
+def torch_reference(model, x: np.ndarray, *, head: str, quantized: bool) -> list[np.ndarray]:
+    """The model's outputs on ``x`` with the ONNX's semantics (see module docstring)."""
+    wrapper = HeadSelect(model, head).eval()
+    ctx = onnx_export_mode(model) if quantized else quant_disabled(model)
+    with ctx, torch.no_grad():
+        out = wrapper(torch.from_numpy(x))
+    out = out if isinstance(out, (list, tuple)) else [out]
+    return [o.detach().float().numpy() for o in out]
+
+
+def ort_session(onnx_bytes: bytes):
+    """A CPU onnxruntime session with graph optimizations off (the ONNX's own math, no QDQ fusions)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    """(max abs error, max |ref|, cosine similarity) over the flattened tensors (float64)."""
+    r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    denom = np.linalg.norm(r) * np.linalg.norm(g)
+    cos = float(r @ g / denom) if denom > 0 else float(np.array_equal(r, g))
+    return float(np.abs(r - g).max()), float(np.abs(r).max()), cos
+
+
+def check_graphs(model, graphs: dict[str, bytes], *, size: int, head: str, quantized: bool,
+                 batches: list[int], calib_dir: str | Path | None) -> VerifyReport:
+    """Run every ONNX in ``graphs`` (label -> serialized model) at each batch size against the torch model."""
+    x_all, source = verification_inputs(size, max(batches), calib_dir)
+    report = VerifyReport(source=source)
+    sessions = {label: ort_session(data) for label, data in graphs.items()}
+    for batch in batches:
+        x = x_all[:batch]
+        refs = torch_reference(model, x, head=head, quantized=quantized)
+        for label, sess in sessions.items():
+            names = [o.name for o in sess.get_outputs()]
+            outs = sess.run(None, {sess.get_inputs()[0].name: x})
+            if len(outs) != len(refs):
+                raise VerificationError(f"the ONNX has {len(outs)} outputs but the model returns {len(refs)}")
+            tol = TOLERANCES[(label, quantized)]
+            for name, ref, got in zip(names, refs, outs):
+                if ref.shape != got.shape:
+                    raise VerificationError(f"output {name!r} has shape {list(got.shape)} in the ONNX but "
+                                            f"{list(ref.shape)} in PyTorch at batch {batch}")
+                max_abs, ref_max, cos = compare(ref, got)
+                limit = tol.limit(ref_max)
+                ok = bool(np.isfinite(max_abs)) and cos >= tol.min_cosine and (limit is None or max_abs <= limit)
+                report.checks.append(OutputCheck(label, batch, name, max_abs, ref_max, cos, limit,
+                                                 tol.min_cosine, ok))
+    return report
+
+
+def require_passed(report: VerifyReport) -> None:
+    """Raise VerificationError naming the worst failing check."""
+    failed = [c for c in report.checks if not c.passed]
+    if not failed:
+        return
+    c = min(failed, key=lambda c: c.cosine)
+    limit = f", limit {c.limit_max_abs:.3g}" if c.limit_max_abs is not None else ""
+    raise VerificationError(
+        f"ONNX ({c.graph}) and PyTorch disagree on output {c.output!r} at batch {c.batch}: max abs error "
+        f"{c.max_abs:.4g}{limit}, cosine {c.cosine:.6f} (minimum {c.min_cosine})",
+        "The file was not written; re-run with --no-verify to write it anyway, and report the problem")
