@@ -85,6 +85,7 @@ def compare_method(method: str, hists, repeats: int, inner: int = 1) -> dict:
 
 def run(ws: Workspace, cfg: Config) -> dict:
     hists, calib = collect_histograms(ws, cfg)
+    hists = hists[:cfg.amax_quantizers] if cfg.amax_quantizers else hists
     log(f"amax: {len(hists)} histograms ({calib['bins_min']}..{calib['bins_max']} bins)")
     out = {"calibration": calib, "methods": {}}
     for method, repeats, inner in (("mse", 1, 1), ("percentile", cfg.repeats, 20)):

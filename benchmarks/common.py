@@ -28,11 +28,12 @@ class Config:
     batch: int = 8
     amax_images: int = 8  # images of the calibration run whose histograms feed the amax benchmark
     entropy_subset: int = 3  # quantizers timed with the O(bins^2) reference entropy
+    amax_quantizers: int | None = None  # None: every activation quantizer (mse, percentile)
     repeats: int = 2  # interleaved repeats per side (medians reported)
     qat_size: int = 320
     qat_batch: int = 4
     qat_steps: int = 2  # timed steps per repeat (after one warm-up step)
-    placement_size: int = 320
+    placement_size: int = 128
     throughput_images: int = 16
     smoke: bool = False
 
@@ -42,7 +43,7 @@ class Config:
 
     @classmethod
     def smoke_config(cls) -> "Config":
-        return cls(size=64, ptq_images=4, batch=2, amax_images=2, entropy_subset=1, repeats=1, qat_size=64,
+        return cls(size=64, ptq_images=4, batch=2, amax_images=2, entropy_subset=1, amax_quantizers=2, repeats=1, qat_size=64,
                    qat_batch=1, qat_steps=1, placement_size=64, throughput_images=2, smoke=True)
 
     def with_(self, **kw) -> "Config":

@@ -11,7 +11,11 @@ pytorch-quantization, trtqat: identical for every flow) and covers:
   cannot avoid reading its images, so the floor is the least any calibration must do. The forward alone
   (on pre-decoded batches) is reported too (``floor_forward_only``), and so is the decode share.
 
-Order: floor, trtqat, reference, trtqat, floor — the fast flows bracket the slow one; medians per flow.
+- ``trtqat_small_trace``: ``trtqat`` with lever (b) patched in (the rules' temporary export traced at 64 px),
+  to measure what that change to ``ptq.prepare_quantized``/``share.apply_rules`` would buy.
+
+Order: floor, trtqat, small, reference, trtqat, floor — the fast flows bracket the slow one;
+medians per flow.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pathlib import Path
 from .common import Config, Workspace, log, median, ratio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RULES_TRACE_SIZE = 64  # lever (b): two cells of the stride-32 grid
 
 
 def _rss_now_mib() -> float:
@@ -66,13 +71,30 @@ def _floor(spec: dict) -> dict:
 def _trtqat(spec: dict) -> dict:
     from trtqat.quant.ptq import CalibConfig, run_ptq
 
+    if spec.get("rules_size"):
+        _small_rules_trace(spec["rules_size"])
     calib = CalibConfig(calib_dir=Path(spec["images"]), size=spec["size"], batch_size=spec["batch"],
                         calib_batches=None, method="mse")
     res = run_ptq(spec["ckpt"], repo=spec["repo"], calib=calib, out=spec["out"])
     c = res.calib
     return {"seconds": {"total": res.seconds, "collect": c.seconds_collect, "amax": c.seconds_amax,
                         "other": res.seconds - c.seconds_collect - c.seconds_amax},
-            "amax": c.amax, "groups": len(res.groups)}
+            "amax": c.amax, "groups": len(res.groups),
+            "group_members": sorted(sorted(g.members) for g in res.groups)}
+
+
+def _small_rules_trace(rules_size: int) -> None:
+    """Lever (b): the rules' temporary ONNX export traced at ``rules_size`` instead of the calibration
+    size (the Q/DQ topology does not depend on the input size). Patched here, not in trtqat: the
+    benchmark measures what the change would buy; the groups found are compared with the shipped run."""
+    from trtqat.quant import share
+
+    original = share.apply_rules
+
+    def apply_rules(model, policy, *, size=640):
+        return original(model, policy, size=rules_size)
+
+    share.apply_rules = apply_rules
 
 
 def _reference(spec: dict) -> dict:
@@ -82,7 +104,7 @@ def _reference(spec: dict) -> dict:
                          batch=spec["batch"], max_batches=None, out=Path(spec["out"]))
 
 
-FLOWS = {"floor": _floor, "trtqat": _trtqat, "reference": _reference}
+FLOWS = {"floor": _floor, "trtqat": _trtqat, "trtqat_small_trace": _trtqat, "reference": _reference}
 
 
 def child(flow: str, spec: dict) -> dict:
@@ -122,18 +144,19 @@ def compare_amax(ours: dict[str, float], theirs: dict[str, float], widths: dict[
 def run(ws: Workspace, cfg: Config, family: str = "yolov7") -> dict:
     ckpt, repo = ws.checkpoint(family)
     images = ws.images(cfg.ptq_images)
-    runs: dict[str, list[dict]] = {"floor": [], "trtqat": [], "reference": []}
+    runs: dict[str, list[dict]] = {"floor": [], "trtqat": [], "trtqat_small_trace": [], "reference": []}
     with tempfile.TemporaryDirectory(prefix="trtqat-bench-ptq-") as tmp:
         spec = {"ckpt": str(ckpt), "repo": str(repo), "images": str(images), "size": cfg.size, "batch": cfg.batch}
-        order = ["floor", "trtqat", "reference", "trtqat", "floor"] if cfg.repeats > 1 else ["floor", "trtqat",
-                                                                                               "reference"]
+        order = (["floor", "trtqat", "trtqat_small_trace", "reference", "trtqat", "floor"]
+                 if cfg.repeats > 1 else ["floor", "trtqat", "trtqat_small_trace", "reference"])
         for i, flow in enumerate(order):
-            res = run_child(flow, {**spec, "out": str(Path(tmp) / f"{flow}_{i}.pt")})
+            extra = {"rules_size": RULES_TRACE_SIZE} if flow == "trtqat_small_trace" else {}
+            res = run_child(flow, {**spec, **extra, "out": str(Path(tmp) / f"{flow}_{i}.pt")})
             log(f"ptq {flow}: {res['seconds']['total']:.2f} s, peak {res['peak_rss_mib']:.0f} MiB")
             runs[flow].append(res)
     med = {f: median([r["seconds"]["total"] for r in rs]) for f, rs in runs.items()}
     fwd_only = median([r["seconds"]["forward"] for r in runs["floor"]])
-    ours, ref = runs["trtqat"][-1], runs["reference"][-1]
+    ours, ref, small = runs["trtqat"][-1], runs["reference"][-1], runs["trtqat_small_trace"][-1]
     out = {"family": family, "images": cfg.ptq_images, "size": cfg.size, "batch": cfg.batch, "order": order,
            "seconds": med, "floor_forward_only": fwd_only,
            "breakdown": {f: {k: median([r["seconds"][k] for r in rs]) for k in rs[0]["seconds"]}
@@ -146,6 +169,11 @@ def run(ws: Workspace, cfg: Config, family: str = "yolov7") -> dict:
            "amax_agreement": compare_amax(ours["amax"], ref["amax"], ref["bin_widths"]),
            "floor_definition": ("decode + letterbox of the same images (same image_stream, batch "
                                 f"{cfg.batch}) + fused float model forward under no_grad; model load excluded"),
+           "small_trace": {"rules_size": RULES_TRACE_SIZE,
+                           "same_groups": small["group_members"] == ours["group_members"],
+                           "amax_agreement": compare_amax(small["amax"], ref["amax"], ref["bin_widths"]),
+                           "ptq_speedup": ratio(med["reference"], med["trtqat_small_trace"]),
+                           "ptq_over_floor": ratio(med["trtqat_small_trace"], med["floor"])},
            "ptq_speedup": ratio(med["reference"], med["trtqat"]),
            "ptq_over_floor": ratio(med["trtqat"], med["floor"]),
            "ptq_over_forward_only": ratio(med["trtqat"], fwd_only)}

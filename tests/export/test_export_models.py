@@ -235,8 +235,35 @@ def test_failed_verification_exit_1_and_writes_nothing(ptq_checkpoint, tmp_path,
 
     impossible = verify.Tolerance(min_cosine=1.5)
     monkeypatch.setattr(verify, "TOLERANCES", {k: impossible for k in verify.TOLERANCES})
+    monkeypatch.setattr(verify, "FLOOR_FACTOR", 0.0)  # no noise-floor allowance either
     ckpt, repo = ptq_checkpoint("yolov5")
     res = run_cli("export", ckpt, "--repo", repo, "--size", SIZE, "--float-dtype", "fp32", "--save", tmp_path / "v.onnx")
     assert res.exit_code == 1
     assert "ONNX (fp32) and PyTorch disagree on output 'output' at batch 1" in res.stderr
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind
+
+
+def test_wrong_qdq_scale_is_caught_exactly(ptq_checkpoint, tmp_path, monkeypatch):
+    """One activation scale x4 is below the rounding-noise floor of the random fixture end to end, so the
+    exact scale check must catch it (exit 1, nothing written)."""
+    from onnx import numpy_helper
+
+    from trtqat.quant import export as export_mod
+
+    real_cleanup = export_mod.cleanup_model
+
+    def tampered(model, **kw):
+        clean, report = real_cleanup(model, **kw)
+        inits = {i.name: i for i in clean.graph.initializer}
+        q = next(n for n in clean.graph.node if n.op_type == Q and n.input[1] in inits
+                 and numpy_helper.to_array(inits[n.input[1]]).ndim == 0)
+        value = numpy_helper.to_array(inits[q.input[1]]) * 4
+        inits[q.input[1]].CopyFrom(numpy_helper.from_array(value.astype(np.float32), q.input[1]))
+        return clean, report
+
+    monkeypatch.setattr(export_mod, "cleanup_model", tampered)
+    ckpt, repo = ptq_checkpoint("yolov5")
+    res = run_cli("export", ckpt, "--repo", repo, "--size", SIZE, "--float-dtype", "fp32", "--save", tmp_path / "v.onnx")
+    assert res.exit_code == 1, res.stderr
+    assert "Q/DQ parameter mismatch" in res.stderr and "matches no activation quantizer" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -60,6 +60,7 @@ def test_quantize_qat_eval_flow(yolo_checkpoint, calib_images, tmp_path):
         assert (tmp_path / name).is_file()
 
 
+@pytest.mark.slow
 def test_sensitive_cli_writes_json_and_png(yolo_checkpoint, calib_images, tmp_path):
     ckpt, repo = yolo_checkpoint("yolov5")
     res = run("sensitive", ckpt, "--repo", repo, "--calib", calib_images, "--size", 64, "--batch-size", 2,

@@ -162,8 +162,10 @@ def realistic_statistics(model, seed):
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches below
     model.train()
-    for _ in range(2):
-        model(torch.rand(2, 3, 160, 160, generator=g))
+    for _ in range(2):  # image-like input (smooth regions + texture), like make_images and real photos
+        smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 10, 10, generator=g), size=160,
+                                                 mode="bilinear", align_corners=False)
+        model((0.85 * smooth + 0.15 * torch.rand(4, 3, 160, 160, generator=g)).clamp(0, 1))
     for bn in bns:
         c = bn.num_features
         bn.momentum = 0.03

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from .amax import histogram_amax
-from .calibrator import FastHistogramCalibrator
+from .calibrator import FastHistogramCalibrator, release_buffers
 from .modes import calibration_mode
 from .quantizers import named_quantizers, set_amax, weight_amax
 
@@ -45,14 +45,17 @@ def collect_statistics(model, batches: Iterable, device: str | torch.device = "c
                        progress: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Run ``batches`` (numpy or torch, N×3×H×W in 0..1) through ``model`` in calibration mode."""
     n_batches = n_images = 0
-    with calibration_mode(model), torch.no_grad():
-        for batch in batches:
-            x = torch.as_tensor(batch).to(device, non_blocking=True)
-            model(x)
-            n_batches += 1
-            n_images += int(x.shape[0])
-            if progress:
-                progress(int(x.shape[0]))
+    try:
+        with calibration_mode(model), torch.no_grad():
+            for batch in batches:
+                x = torch.as_tensor(batch).to(device, non_blocking=True)
+                model(x)
+                n_batches += 1
+                n_images += int(x.shape[0])
+                if progress:
+                    progress(int(x.shape[0]))
+    finally:
+        release_buffers()  # the calibrators' shared scratch buffer and tensor cache
     return n_batches, n_images
 
 

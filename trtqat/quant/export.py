@@ -25,7 +25,7 @@ import onnx
 
 from .. import __version__
 from .._io import atomic_path
-from ..errors import InputError, UsageError
+from ..errors import VerificationError, InputError, UsageError
 from ..graph.cleanup import (
     CleanupReport,
     cleanup_model,
@@ -40,7 +40,7 @@ from .checkpoint import require_quantized
 from .modes import quant_disabled
 from .onnx_trace import OPSET_MAX, OPSET_MIN, trace_onnx
 from .ptq import check_size
-from .verify import VerifyReport, check_graphs, require_passed
+from .verify import VerifyReport, check_graphs, qdq_param_problems, require_passed
 
 HEADS = ("decoded", "raw")
 FLOAT_DTYPES = ("fp16", "fp32")
@@ -172,6 +172,13 @@ def export_module(model, save: str | Path, config: ExportConfig, *, family: str 
         result.notes.append("opset < 19 keeps Q/DQ in float32 with Casts around them; --opset 19 gives FP16 "
                             "Q/DQ without Casts")
     if config.verify:
+        if quantized:  # exact and cheap first: every scale is some quantizer's amax/127
+            problems = qdq_param_problems(model, clean) + (
+                qdq_param_problems(model, final, rtol=1e-3) if fp16 is not None else [])
+            if problems:
+                raise VerificationError(f"{len(problems)} Q/DQ parameter mismatch(es) between the ONNX and the "
+                                        f"model, first: {problems[0]}",
+                                        "The file was not written; report the problem")
         say(f"verifying in onnxruntime at batch {', '.join(map(str, config.verify_batches))}")
         graphs = {"fp32": clean.SerializeToString()}
         if fp16 is not None:

@@ -96,7 +96,9 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, size: int) -> tup
     ``use_rules=False`` (``--no-rules``) only turns the scale sharing off, for a baseline.
     Returns (model, replace report, applied groups, ignore patterns).
     """
-    from .share import apply_rules, load_policy
+    import dataclasses
+
+    from .share import apply_rules, converted_modules, load_policy
 
     quiet_absl()
     model = fuse_model(loaded.model)
@@ -104,7 +106,13 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, size: int) -> tup
     ignore = (tuple(policy.ignore) if qconf.family_ignore else ()) + tuple(qconf.ignore)
     replaced = replace_modules(model, ignore, quantize_maxpool=qconf.quantize_maxpool,
                                quantize_residual_add=qconf.quantize_residual_add)
-    groups = apply_rules(model, policy, size=size) if qconf.use_rules else []
+    groups = []
+    if qconf.use_rules:  # user --ignore-policy layers are never converted by the float-fanout rule
+        # the graph's topology does not depend on the input size: trace the discovery graph small (fast)
+        groups = apply_rules(model, dataclasses.replace(policy, ignore=policy.ignore + tuple(qconf.ignore)),
+                             size=2 * model_stride(model))
+        converted = set(converted_modules(groups))
+        replaced.ignored = [name for name in replaced.ignored if name not in converted]
     return model, replaced, groups, ignore
 
 

@@ -17,9 +17,14 @@ Tolerance (per output, per batch size; documented in docs/export.md). Two regime
   an int8 rounding boundary rounds to the neighbouring level on one side (0.05% of the elements after the
   second conv of the test model). Each such flip is a full quantization step and propagates; on a
   sensitive network (random weights, decoded boxes = (2·sigmoid)²·anchor) the end-to-end difference grows
-  to the size of the quantization noise itself. An exact bound would fail valid exports, so the check is
-  cosine >= 0.99 (FP32) / 0.98 (FP16): it catches structural errors (a wrong head, grid, batch handling,
-  Resize, overflow, NaN) while tolerating rounding flips. The max abs error is reported for information.
+  to the size of the quantization noise itself. A fixed bound is wrong both ways (too loose for a trained
+  model, too tight for a chaotic one), so the bound is **relative to the model's own noise floor**: the
+  same torch model is run on the input plus a 1e-5 perturbation, which triggers the same kind of
+  rounding flips; the ONNX passes when its error is at most ``FLOOR_FACTOR`` (3) times that floor, or
+  above the static cosine (0.999 FP32 / 0.998 FP16) when the floor is tighter. On a trained YOLO the
+  floor is ~1 - 1e-5 and the check is tight; on the random-weight test fixtures it is ~0.97-0.995. A
+  structural error (a wrong head, grid, batch handling, Resize, a missing or wrong-scale Q/DQ on a
+  well-conditioned model, NaN) exceeds it. Both numbers are reported.
 """
 from __future__ import annotations
 
@@ -52,8 +57,12 @@ class Tolerance:
 #: (graph dtype, quantized) -> tolerance; see the module docstring for why Q/DQ graphs are looser
 TOLERANCES = {("fp32", False): Tolerance(min_cosine=0.9999, rel_max_abs=1e-3),
               ("fp16", False): Tolerance(min_cosine=0.999),
-              ("fp32", True): Tolerance(min_cosine=0.99),
-              ("fp16", True): Tolerance(min_cosine=0.98)}
+              ("fp32", True): Tolerance(min_cosine=0.999),
+              ("fp16", True): Tolerance(min_cosine=0.998)}
+#: Q/DQ graphs: the allowed error is this many times the torch-vs-perturbed-torch error (the noise floor)
+FLOOR_FACTOR = 3.0
+#: relative size of the input perturbation that measures the noise floor
+FLOOR_EPS = 1e-5
 
 
 @dataclass
@@ -69,6 +78,7 @@ class OutputCheck:
     limit_max_abs: float | None
     min_cosine: float
     passed: bool
+    floor_cosine: float | None = None  # torch vs torch on a 1e-5-perturbed input (Q/DQ graphs only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,22 +148,76 @@ def check_graphs(model, graphs: dict[str, bytes], *, size: int, head: str, quant
     for batch in batches:
         x = x_all[:batch]
         refs = torch_reference(model, x, head=head, quantized=quantized)
+        floors = noise_floor(model, x, refs, head=head) if quantized else [None] * len(refs)
         for label, sess in sessions.items():
             names = [o.name for o in sess.get_outputs()]
             outs = sess.run(None, {sess.get_inputs()[0].name: x})
             if len(outs) != len(refs):
                 raise VerificationError(f"the ONNX has {len(outs)} outputs but the model returns {len(refs)}")
             tol = TOLERANCES[(label, quantized)]
-            for name, ref, got in zip(names, refs, outs):
+            for name, ref, got, floor in zip(names, refs, outs, floors):
                 if ref.shape != got.shape:
                     raise VerificationError(f"output {name!r} has shape {list(got.shape)} in the ONNX but "
                                             f"{list(ref.shape)} in PyTorch at batch {batch}")
                 max_abs, ref_max, cos = compare(ref, got)
                 limit = tol.limit(ref_max)
-                ok = bool(np.isfinite(max_abs)) and cos >= tol.min_cosine and (limit is None or max_abs <= limit)
+                min_cos = tol.min_cosine if floor is None else min(tol.min_cosine, 1 - FLOOR_FACTOR * (1 - floor))
+                ok = bool(np.isfinite(max_abs)) and cos >= min_cos and (limit is None or max_abs <= limit)
                 report.checks.append(OutputCheck(label, batch, name, max_abs, ref_max, cos, limit,
-                                                 tol.min_cosine, ok))
+                                                 round(min_cos, 6), ok, floor))
     return report
+
+
+def noise_floor(model, x: np.ndarray, refs: list[np.ndarray], *, head: str) -> list[float]:
+    """Cosine between the torch outputs on ``x`` and on ``x`` perturbed by ``FLOOR_EPS`` (relative):
+    how much int8 rounding flips alone move this model's outputs."""
+    rng = np.random.default_rng(1)
+    scale = FLOOR_EPS * max(float(np.abs(x).max()), 1e-6)
+    bumped = (x + scale * rng.standard_normal(x.shape)).astype(np.float32)
+    return [compare(r, p)[2] for r, p in zip(refs, torch_reference(model, bumped, head=head, quantized=True))]
+
+
+def qdq_param_problems(model, onnx_model, *, rtol: float = 1e-6) -> list[str]:
+    """Exact structural check of the Q/DQ parameters against the torch quantizers.
+
+    Every per-tensor QuantizeLinear/DequantizeLinear scale in the ONNX must be some enabled activation
+    quantizer's ``amax/127`` and every such quantizer must appear; every per-channel scale vector must be
+    some weight quantizer's ``amax/127``. End-to-end output comparison cannot see a single wrong scale on
+    a network whose outputs are dominated by rounding noise; this can. ``rtol`` 1e-3 for FP16 scales.
+    """
+    from onnx import numpy_helper
+
+    from .quantizers import named_quantizers
+
+    acts, weights = [], []
+    for name, q in named_quantizers(model):
+        if q._disabled or getattr(q, "_amax", None) is None:
+            continue
+        bound = float((1 << (q.num_bits - 1 + int(q.unsigned))) - 1)
+        amax = q._amax.detach().float().cpu().numpy().ravel() / bound
+        (weights if name.endswith("_weight_quantizer") else acts).append((name, amax))
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in onnx_model.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    problems, seen = [], set()
+    act_values = np.array([a[0] for _, a in acts], dtype=np.float64)
+    for node in onnx_model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = inits.get(node.input[1], consts.get(node.input[1]))
+        if scale is None:
+            problems.append(f"{node.name}: scale is not a constant")
+            continue
+        scale = np.asarray(scale, dtype=np.float64).ravel()
+        if scale.size == 1:
+            hit = np.nonzero(np.isclose(act_values, scale[0], rtol=rtol, atol=0))[0]
+            if not len(hit):
+                problems.append(f"{node.name}: scale {scale[0]:.6g} matches no activation quantizer's amax/127")
+            seen.update(acts[i][0] for i in hit)
+        elif not any(w.size == scale.size and np.allclose(w, scale, rtol=rtol, atol=0) for _, w in weights):
+            problems.append(f"{node.name}: per-channel scale matches no weight quantizer's amax/127")
+    problems += [f"quantizer {name} has no Q/DQ node in the ONNX" for name, _ in acts if name not in seen]
+    return problems
 
 
 def require_passed(report: VerifyReport) -> None:
@@ -165,5 +229,6 @@ def require_passed(report: VerifyReport) -> None:
     limit = f", limit {c.limit_max_abs:.3g}" if c.limit_max_abs is not None else ""
     raise VerificationError(
         f"ONNX ({c.graph}) and PyTorch disagree on output {c.output!r} at batch {c.batch}: max abs error "
-        f"{c.max_abs:.4g}{limit}, cosine {c.cosine:.6f} (minimum {c.min_cosine})",
+        f"{c.max_abs:.4g}{limit}, cosine {c.cosine:.6f} (minimum {c.min_cosine}"
+        + (f", 3x the model's own rounding-noise floor {c.floor_cosine:.6f})" if c.floor_cosine is not None else ")"),
         "The file was not written; re-run with --no-verify to write it anyway, and report the problem")

@@ -1,0 +1,183 @@
+"""``make bench``: run every benchmark, write ``benchmarks/results/*.json`` and the README table.
+
+Usage: ``python -m benchmarks.run [--smoke] [--only NAME ...] [--out DIR] [--no-readme]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from . import amax_search, export_bench, placement, ptq, qat_step, throughput
+from .common import RESULTS_DIR, Config, Workspace, log, machine_info, rnd, write_result
+
+#: result name -> module with run(ws, cfg); the order is the order of execution
+BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throughput, "qat_step": qat_step,
+              "placement": placement, "export": export_bench}
+HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = None,
+            ws: Workspace | None = None, readme: Path | None = README) -> dict:
+    """Run the benchmarks (all, or ``only``); returns the summary (also written to ``summary.json``)."""
+    results: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trtqat-bench-") as tmp:
+        ws = ws or Workspace(Path(tmp))
+        for name, module in BENCHMARKS.items():
+            if only and name not in only:
+                continue
+            log(f"--- {name}")
+            t = time.perf_counter()
+            try:
+                res = module.run(ws, cfg)
+            except Exception as exc:  # one failing benchmark must not lose the others' results
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log(traceback.format_exc())
+                continue
+            res["seconds_benchmark"] = time.perf_counter() - t
+            write_result(name, res, cfg, out_dir)
+            results[name] = res
+    summary = build_summary(results, errors, cfg, time.perf_counter() - t0)
+    write_result("summary", summary, cfg, out_dir)
+    if readme is not None and not only:
+        update_readme(readme, summary)
+    return summary
+
+
+def _get(results: dict, name: str, *path):
+    cur = results.get(name)
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> dict:
+    s = {"mse_speedup": _get(results, "amax_search", "mse_speedup"),
+         "ptq_speedup": _get(results, "ptq", "ptq_speedup"),
+         "ptq_over_floor": _get(results, "ptq", "ptq_over_floor"),
+         "qat_step_speedup": _get(results, "qat_step", "qat_step_speedup"),
+         "targets": {"mse_speedup": ">= 20", "ptq_speedup": ">= 1.6", "ptq_over_floor": "<= 1.3",
+                     "qat_step_speedup": ">= 1.0"},
+         "details": {
+             "amax_same_within_one_bin": {m: _get(results, "amax_search", "methods", m, "within_one_bin")
+                                          for m in ("mse", "entropy", "percentile")},
+             "amax_speedup": {m: _get(results, "amax_search", "methods", m, "speedup")
+                              for m in ("mse", "entropy", "percentile")},
+             "ptq_seconds": _get(results, "ptq", "seconds"),
+             "ptq_amax_within_one_bin": _get(results, "ptq", "amax_agreement", "within_one_bin"),
+             "ptq_peak_rss_mib": _get(results, "ptq", "peak_rss_mib"),
+             "ptq_small_trace": _get(results, "ptq", "small_trace"),
+             "qat_seconds_per_step": _get(results, "qat_step", "seconds_per_step"),
+             "calib_images_per_s": {f: _get(results, "calib_throughput", "families", f, "cpu", "images_per_s")
+                                    for f in ("yolov5", "yolov7")},
+             "placement": {f: {v: {k: _get(results, "placement", "families", f, v, k)
+                                   for k in ("groups", "activation_qdq", "standalone_qdq", "int8_share")}
+                               for v in placement.VARIANTS} for f in ("yolov5", "yolov7")},
+             "placement_target_met": _get(results, "placement", "target_no_standalone_but_input"),
+             "export": {f: {k: _get(results, "export", "families", f, k)
+                            for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
+                        for f in ("yolov5", "yolov7")}},
+         "errors": errors, "seconds_total": seconds}
+    return s
+
+
+def _fmt(x, nd: int = 2, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}{suffix}"
+    return f"{x}{suffix}"
+
+
+def table(summary: dict) -> str:
+    """The Markdown table between the README markers."""
+    d = summary["details"]
+    m = machine_info()
+    rows = [("MSE amax search, trtqat vs pytorch-quantization (all quantizers, YOLOv7 fixture)",
+             _fmt(summary["mse_speedup"], 1, "x"), ">= 20x"),
+            ("entropy / percentile amax search (entropy on a subset)",
+             f"{_fmt(d['amax_speedup']['entropy'], 1, 'x')} / {_fmt(d['amax_speedup']['percentile'], 2, 'x')}", ""),
+            ("amax equal within one bin (mse / entropy / percentile)",
+             " / ".join(_fmt(d["amax_same_within_one_bin"][k]) for k in ("mse", "entropy", "percentile")), "yes"),
+            ("PTQ wall time, reference flow / trtqat (YOLOv7 fixture, 640 px)", _fmt(summary["ptq_speedup"], 2, "x"),
+             ">= 1.6x"),
+            ("PTQ wall time, trtqat / float forward floor", _fmt(summary["ptq_over_floor"], 2, "x"), "<= 1.3x"),
+            ("PTQ amax equal to the reference flow's (within one bin)", _fmt(d["ptq_amax_within_one_bin"]), "yes"),
+            ("QAT step, reference / trtqat", _fmt(summary["qat_step_speedup"], 2, "x"), ">= 1.0x")]
+    sec = d.get("ptq_seconds") or {}
+    if sec:
+        rows.append(("PTQ seconds: floor / trtqat / reference",
+                     " / ".join(_fmt(sec.get(k), 1) for k in ("floor", "trtqat", "reference")), ""))
+    small = d.get("ptq_small_trace") or {}
+    if small:
+        rows.append(("PTQ with the rules traced at 64 px (proposed): speedup / over floor",
+                     f"{_fmt(small.get('ptq_speedup'), 2, 'x')} / {_fmt(small.get('ptq_over_floor'), 2, 'x')}", ""))
+    rss = d.get("ptq_peak_rss_mib") or {}
+    if rss:
+        rows.append(("PTQ peak RSS MiB: floor / trtqat / reference",
+                     " / ".join(_fmt(rss.get(k), 0) for k in ("floor", "trtqat", "reference")), ""))
+    for fam in ("yolov5", "yolov7"):
+        ips = d["calib_images_per_s"].get(fam) or {}
+        rows.append((f"calibration images/s {fam} (CPU, batch 8): trtqat / reference / float forward",
+                     " / ".join(_fmt(ips.get(k), 2) for k in ("trtqat", "reference", "float_forward")), ""))
+    for fam in ("yolov5", "yolov7"):
+        p = d["placement"][fam]
+        rows.append((f"standalone Q/DQ {fam}: no rules / reference rules / trtqat rules",
+                     " / ".join(_fmt(p[v]["standalone_qdq"]) for v in placement.VARIANTS), "1 (input)"))
+        rows.append((f"scale groups / INT8 layer share {fam}: no rules / reference / trtqat",
+                     " / ".join(f"{_fmt(p[v]['groups'])}, {_fmt(p[v]['int8_share'], 3)}" for v in placement.VARIANTS),
+                     ""))
+    for fam in ("yolov5", "yolov7"):
+        e = d["export"][fam]
+        rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
+                     f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
+    lines = ["| measure | result | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.append("")
+    lines.append(f"Measured on {m['processor']}, {m['cpu_usable']} usable CPU cores, torch {m['torch']}, "
+                 f"pytorch-quantization {m['pytorch_quantization']}, device {m['device']}; "
+                 f"1-min load average at the end {m['loadavg_1m']}; total {summary['seconds_total']:.0f} s.")
+    if summary.get("errors"):
+        lines.append("")
+        lines.append("Failed benchmarks: " + "; ".join(f"{k}: {v}" for k, v in summary["errors"].items()))
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, summary: dict) -> None:
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        text = text.rstrip() + f"\n\n{START}\n{END}\n"
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{table(summary)}\n{END}", text,
+                 flags=re.S)
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (what the test suite runs)")
+    ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run only these benchmarks")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    args = ap.parse_args(argv)
+    cfg = Config.smoke_config() if args.smoke else Config.full()
+    summary = run_all(cfg, args.out, args.only, readme=None if args.no_readme else README)
+    print(json.dumps(rnd({k: summary[k] for k in HEADLINE}), indent=2))
+    return 1 if summary["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
