@@ -35,6 +35,7 @@ class Config:
     qat_steps: int = 2  # timed steps per repeat (after one warm-up step)
     placement_size: int = 128
     throughput_images: int = 16
+    threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
     smoke: bool = False
 
     @classmethod
@@ -44,7 +45,7 @@ class Config:
     @classmethod
     def smoke_config(cls) -> "Config":
         return cls(size=64, ptq_images=4, batch=2, amax_images=2, entropy_subset=1, amax_quantizers=2, repeats=1, qat_size=64,
-                   qat_batch=1, qat_steps=1, placement_size=64, throughput_images=2, smoke=True)
+                   qat_batch=1, qat_steps=1, placement_size=64, throughput_images=2, threads=1, smoke=True)
 
     def with_(self, **kw) -> "Config":
         return replace(self, **kw)

@@ -125,6 +125,8 @@ def child(flow: str, spec: dict) -> dict:
 
 def run_child(flow: str, spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ptq", flow, json.dumps(spec)], cwd=str(REPO_ROOT),
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -146,7 +148,8 @@ def run(ws: Workspace, cfg: Config, family: str = "yolov7") -> dict:
     images = ws.images(cfg.ptq_images)
     runs: dict[str, list[dict]] = {"floor": [], "trtqat": [], "trtqat_small_trace": [], "reference": []}
     with tempfile.TemporaryDirectory(prefix="trtqat-bench-ptq-") as tmp:
-        spec = {"ckpt": str(ckpt), "repo": str(repo), "images": str(images), "size": cfg.size, "batch": cfg.batch}
+        spec = {"ckpt": str(ckpt), "repo": str(repo), "images": str(images), "size": cfg.size, "batch": cfg.batch,
+                "threads": cfg.threads}
         order = (["floor", "trtqat", "trtqat_small_trace", "reference", "trtqat", "floor"]
                  if cfg.repeats > 1 else ["floor", "trtqat", "trtqat_small_trace", "reference"])
         for i, flow in enumerate(order):

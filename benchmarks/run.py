@@ -28,9 +28,14 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = None,
             ws: Workspace | None = None, readme: Path | None = README) -> dict:
     """Run the benchmarks (all, or ``only``); returns the summary (also written to ``summary.json``)."""
+    import torch
+
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if cfg.threads:  # tiny runs: one thread avoids per-op waits for a busy second core
+        torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="trtqat-bench-") as tmp:
         ws = ws or Workspace(Path(tmp))
         for name, module in BENCHMARKS.items():
@@ -47,6 +52,7 @@ def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = N
             res["seconds_benchmark"] = time.perf_counter() - t
             write_result(name, res, cfg, out_dir)
             results[name] = res
+    torch.set_num_threads(threads)
     summary = build_summary(results, errors, cfg, time.perf_counter() - t0)
     write_result("summary", summary, cfg, out_dir)
     if readme is not None and not only:

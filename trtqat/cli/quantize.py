@@ -72,141 +72,44 @@ and written to <qat or ptq stem>.summary.json.
 def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, qat_out, train_dir, epochs, iters, lr,
              supervision_stride, clip_grad, amp, seed, resume, val_dir, val_ann, val_images, eval_origin, eval_ptq,
              conf_thres, iou_thres, as_json, **calib_kw):
-    from ..errors import InputError, UsageError
+    from ..quant.ptq import QuantConfig
+    from ..quant.qat import QatConfig
+    from ..workflow import EvalOptions, QuantizeJob, run_quantize
 
-    if qat_out is not None and train_dir is None:
-        raise UsageError("--qat needs --train DIR (images for distillation)", "Add --train with a folder of images")
-    if train_dir is not None and qat_out is None:
-        raise UsageError("--train is only used by QAT", "Add --qat qat.pt")
-    if resume and qat_out is None:
-        raise UsageError("--resume needs --qat FILE (the run to continue)")
-    if val_ann is not None and val_dir is None:
-        raise UsageError("--val-ann needs --val DIR (the images it annotates)")
-    if val_ann is not None and not Path(val_ann).is_file():
-        raise InputError(f"annotation file not found: {val_ann}", "Pass a COCO JSON file")
-    if (eval_origin or eval_ptq) and val_dir is None:
-        raise UsageError("--eval-origin/--eval-ptq need --val DIR", "Add a folder of validation images")
-
-    from ..quant.ptq import QuantConfig, run_ptq
-    from ..quant.qat import QatConfig, dist_env, qat_paths
-
-    env = dist_env()
     calib = calib_config(**calib_kw)
-    qconf = QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules)
     qcfg = None
     if qat_out is not None:
         qcfg = QatConfig(epochs=epochs, iters=iters, batch_size=calib.batch_size, size=calib.size, lr=lr,
                          supervision_stride=supervision_stride, clip_grad=clip_grad, amp=amp, seed=seed,
                          device=calib.device)
-        if resume and not qat_paths(qat_out).state.exists():
-            raise InputError(f"nothing to resume: {qat_paths(qat_out).state} not found",
-                             "Run without --resume to start QAT")
-    out: dict = {}  # --json: the PTQ summary (as before QAT existed) plus "qat" / "eval" when they ran
-    result = None
-    if not resume:
-        prog, advance, set_total = progress_bar("calibrating")
-        with prog:
-            result = run_ptq(ckpt, repo=repo, calib=calib, qconf=qconf, out=ptq_out if env.is_main else None,
-                             progress=advance, on_total=set_total)
-        out.update(result.summary())
-        if not as_json and env.is_main:
-            print_table("trtqat quantize: PTQ", ["item", "value"], _rows(out))
-            if result.saved:
-                say(f"PTQ checkpoint written to {result.saved}")
-    model = teacher = result.model if result else None
-    if qcfg is not None:
-        qat = _run_qat(result, qcfg, qat_out, train_dir, val_dir, val_ann, val_images, conf_thres, iou_thres,
-                       repo, resume, as_json)
-        if not env.is_main:
-            return
-        model, teacher = qat.model, qat.teacher
-        out["qat"] = qat.summary()
-    if val_dir is not None:
-        out["eval"] = _evaluate(model, teacher, val_dir, val_ann, val_images, calib, conf_thres, iou_thres,
-                                origin=eval_origin, ptq=eval_ptq and qcfg is not None,
-                                final="qat" if qcfg is not None else "ptq", as_json=as_json)
-    target = qat_out or ptq_out
-    if target is not None and ("eval" in out or "qat" in out):
-        from .._io import write_json
+    job = QuantizeJob(ckpt=ckpt, repo=repo, calib=calib,
+                      qconf=QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules),
+                      ptq_out=ptq_out, qat_out=qat_out, train_dir=train_dir, qat=qcfg, resume=resume,
+                      evaluation=EvalOptions(val_dir=val_dir, val_ann=val_ann, val_images=val_images,
+                                             conf_thres=conf_thres, iou_thres=iou_thres, origin=eval_origin,
+                                             ptq=eval_ptq))
 
-        summary_path = Path(target).with_name(f"{Path(target).stem}.summary.json")
-        write_json(summary_path, out)
-        out["summary"] = str(summary_path)
-        if not as_json:
-            say(f"summary written to {summary_path}")
-    if as_json:
-        emit_json(out)
-
-
-def _run_qat(result, qcfg, qat_out, train_dir, val_dir, val_ann, val_images, conf_thres, iou_thres, repo, resume,
-             as_json):
-    from ..data.images import find_images
-    from ..eval.evaluate import EvalConfig, epoch_scorer, eval_set
-    from ..quant.qat import train_qat
-
-    train_files = find_images(train_dir)
-    ecfg = EvalConfig(size=qcfg.size, batch_size=qcfg.batch_size, conf_thres=conf_thres, iou_thres=iou_thres,
-                      max_images=val_images if val_dir is not None else (val_images or 32))
-    nc = _num_classes(result.model) if result else 80
-    if val_dir is not None:
-        scoring = eval_set(val_dir, ecfg, ann=val_ann, nc=nc, cache=True)
-    else:
-        # epoch selection on train images is label-free (fidelity to the teacher)
-        scoring = eval_set(train_dir, ecfg, files=train_files, cache=True, labels=False)
-    meta = {}
-    if result is not None:
-        meta = {"family": result.loaded.family.name, "source": str(result.loaded.path), "size": qcfg.size,
-                "ignore": list(result.ignore)}
-
-    def on_epoch(rec: dict) -> None:
+    def on_epoch(rec: dict, labelled: bool) -> None:
         if not as_json:
             score = "-" if rec["score"] is None else f"{rec['score']:.4g}"
             say(f"epoch {rec['epoch']}: lr {rec['lr']:.1e}  loss {rec['loss']:.5g}  "
-                f"{'mAP' if scoring.labelled else 'SQNR dB'} {score}{'  (best)' if rec['best'] else ''}")
+                f"{'mAP' if labelled else 'SQNR dB'} {score}{'  (best)' if rec['best'] else ''}")
 
-    prog, advance, set_total = progress_bar("QAT")
-    set_total(qcfg.epochs * qcfg.iters)
-    with prog:
-        return train_qat(result.model if result else None, train_files, qat_out, qcfg, scorer=epoch_scorer(scoring),
-                         meta=meta, resume=resume, repo=repo, on_epoch=on_epoch, progress=advance)
-
-
-def _num_classes(model) -> int:
-    layers = getattr(model, "model", None)
-    return int(getattr(layers[-1], "nc", 80)) if layers is not None and len(layers) else 80
-
-
-def _evaluate(model, teacher, val_dir, val_ann, val_images, calib, conf_thres, iou_thres, *, origin, ptq, final,
-              as_json) -> dict:
-    """Evaluate float / PTQ / final on --val; print the table; return the JSON-able result."""
-    from ..eval.evaluate import EvalConfig, eval_set, evaluate
-    from ..quant.device import resolve_device
-
-    device = resolve_device(calib.device)
-    ecfg = EvalConfig(size=calib.size, batch_size=calib.batch_size, conf_thres=conf_thres, iou_thres=iou_thres,
-                      max_images=val_images)
-    data = eval_set(val_dir, ecfg, ann=val_ann, nc=_num_classes(model), cache=True)
-    reference = None if data.labelled else teacher
-    runs = []
-    if origin and data.labelled:
-        runs.append(("float", teacher, False))
-    if ptq:
-        runs.append(("ptq", teacher, True))
-    runs.append((final, model, True))
-    rows = []
-    for name, m, quantized in runs:
-        m.to(device)
-        if reference is not None:
-            reference.to(device)
-        rows.append(evaluate(m, data, quantized=quantized, reference=reference if quantized else None, name=name))
-        m.to("cpu")
-    if reference is not None:
-        reference.to("cpu")
-    result = {"labelled": data.labelled, "labels": data.gt.source if data.gt else None, "images": len(data.files),
-              "conf_thres": conf_thres, "iou_thres": iou_thres, "rows": [r.to_dict() for r in rows]}
-    if not as_json:
-        _print_eval(result, origin and not data.labelled)
-    return result
+    outcome = run_quantize(job, progress=progress_bar, on_epoch=on_epoch)
+    if not outcome.is_main:
+        return
+    out = outcome.summary
+    if as_json:
+        emit_json(out)
+        return
+    if outcome.ptq is not None:
+        print_table("trtqat quantize: PTQ", ["item", "value"], _rows(out))
+        if outcome.ptq.saved:
+            say(f"PTQ checkpoint written to {outcome.ptq.saved}")
+    if "eval" in out:
+        _print_eval(out["eval"], out["eval"]["origin_skipped"])
+    if "summary" in out:
+        say(f"summary written to {out['summary']}")
 
 
 def _print_eval(result: dict, origin_skipped: bool) -> None:
