@@ -1,12 +1,10 @@
 """One parametrized runner over lint_cases.yaml: each TensorRT op-behaviour rule with its expected outcome."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnx.parser
+import onnx_cases
 import pytest
 import yaml
 
@@ -15,51 +13,9 @@ from trtqat.graph.lint import lint_model
 CASES = yaml.safe_load((Path(__file__).parent / "lint_cases.yaml").read_text())
 
 
-def _floats(n: int) -> str:
-    return ",".join(str(v) for v in np.round(np.linspace(-0.5, 0.5, n), 3))
-
-
-HEADER = (
-    "<float s1 = {0.01}, float s2 = {0.02}, float s3 = {0.03}, float s4 = {0.04}, int8 zp0 = {0},"
-    f" float[2,2,1,1] w2 = {{{_floats(4)}}}, float[2,4,1,1] w4 = {{{_floats(8)}}},"
-    f" float[2,6,1,1] w6 = {{{_floats(12)}}}, float[2] ws = {{0.01,0.01}}, int8[2] wz = {{0,0}},"
-    " float lo = {0}, float hi = {6}, float[4] sc = {1,1,2,2}>"
-)
-MACRO = re.compile(r"^\s*\[(\w+)\]\s*(\w+)\s*=\s*(QDQ|QCONV\d*|FCONV)\((\w+)(?:,\s*(\w+))?\)\s*$")
-
-
-def _qdq(name: str, x: str, s: str, y: str) -> list[str]:
-    return [f"[{name}_q] {name}_qo = QuantizeLinear({x}, {s}, zp0)", f"[{name}_dq] {y} = DequantizeLinear({name}_qo, {s}, zp0)"]
-
-
-def expand(body: str) -> str:
-    """Expand the QDQ / QCONV / FCONV macros of a case body into ONNX textual syntax."""
-    lines = []
-    for line in body.strip().splitlines():
-        m = MACRO.match(line)
-        if not m:
-            lines.append(line.strip())
-            continue
-        name, y, macro, x, s = m.groups()
-        if macro == "QDQ":
-            lines += _qdq(name, x, s, y)
-        elif macro == "FCONV":
-            lines.append(f"[{name}] {y} = Conv({x}, w2)")
-        else:
-            w = f"w{macro[5:] or 2}"
-            lines += _qdq(f"{name}_in", x, s, f"{name}_in_o")
-            lines += [f"[{name}_w_q] {name}_wq = QuantizeLinear <axis=0> ({w}, ws, wz)",
-                      f"[{name}_w_dq] {name}_wdq = DequantizeLinear <axis=0> ({name}_wq, ws, wz)",
-                      f"[{name}] {y} = Conv({name}_in_o, {name}_wdq)"]
-    return "\n  ".join(lines)
-
-
 def case_model(case: dict) -> onnx.ModelProto:
-    text = (f'<ir_version: 8, opset_import: ["" : 13]>\ng (float[1,2,8,8] x) => ({case["outputs"]})\n'
-            f"{HEADER}\n{{\n  {expand(case['body'])}\n}}")
-    model = onnx.parser.parse_model(text)
-    onnx.checker.check_model(model)
-    return model
+    """The case's body (ONNX textual syntax with the QDQ/QCONV/FCONV macros of tests/onnx_cases.py)."""
+    return onnx_cases.case_model(case["outputs"], case["body"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])

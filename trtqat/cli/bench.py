@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .options import json_option, trtexec_options
+
 from .output import emit_json, print_table, say
 
 _ROWS = (
@@ -22,13 +24,7 @@ _ROWS = (
 @click.option("--duration", type=float, default=None, help="Seconds to time (trtexec --duration).")
 @click.option("--warmup", "warmup_ms", type=int, default=None, help="Warm-up in ms (trtexec --warmUp).")
 @click.option("--no-cuda-graph", is_flag=True, help="Do not pass --useCudaGraph (8.x/10.x).")
-@click.option(
-    "--trtexec", "trtexec_path", default=None, help="Path to trtexec (else $TRTQAT_TRTEXEC, else PATH)."
-)
-@click.option(
-    "--trt-version", default=None, help="TensorRT version to build flags for instead of asking trtexec."
-)
-@click.option("--trtexec-arg", "extra", multiple=True, help="Extra argument passed to trtexec (repeatable).")
+@trtexec_options
 @click.option(
     "--log",
     "log_file",
@@ -36,8 +32,7 @@ _ROWS = (
     default=None,
     help="Parse an existing trtexec log instead of running trtexec.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the exact trtexec command and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option
 def bench(
     engine,
     batch,

@@ -6,6 +6,8 @@ import time
 
 import click
 
+from .options import json_option, trtexec_options
+
 from .output import emit_json, say
 
 
@@ -35,18 +37,9 @@ from .output import emit_json, say
 @click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default: --max-batch).")
 @click.option("--max-batch", type=int, default=None, help="Largest batch of the profile (default 1).")
 @click.option("--workspace", "workspace_mib", type=int, default=None, help="Builder workspace in MiB.")
-@click.option(
-    "--trtexec", "trtexec_path", default=None, help="Path to trtexec (else $TRTQAT_TRTEXEC, else PATH)."
-)
-@click.option(
-    "--trt-version",
-    default=None,
-    help="TensorRT version to build flags for (e.g. 10.16) instead of asking trtexec.",
-)
-@click.option("--trtexec-arg", "extra", multiple=True, help="Extra argument passed to trtexec (repeatable).")
+@trtexec_options
 @click.option("--verbose-trtexec", is_flag=True, help="Pass --verbose to trtexec (large logs).")
-@click.option("--dry-run", is_flag=True, help="Print the exact trtexec command and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option
 def build(
     onnx,
     engine,

@@ -34,6 +34,15 @@ size_option = click.option("--size", type=int, default=640, show_default=True,
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
+trtexec_options = _compose(
+    click.option("--trtexec", "trtexec_path", default=None,
+                 help="Path to trtexec (else $TRTQAT_TRTEXEC, else PATH, else /usr/src/tensorrt/bin)."),
+    click.option("--trt-version", default=None,
+                 help="TensorRT version to pick flags for (e.g. 10, 10.16, 8.6) instead of asking trtexec."),
+    click.option("--trtexec-arg", "extra", multiple=True, help="Extra argument passed to trtexec (repeatable)."),
+    click.option("--dry-run", is_flag=True, help="Print the exact trtexec command and exit."),
+)
+
 ignore_option = click.option(
     "--ignore-policy", "ignore", multiple=True, metavar="REGEX",
     help=r"Keep modules whose dotted name matches (re.match) in float; repeatable. Added to the family "

@@ -5,7 +5,8 @@
                             from k input channels (k = 2 when omitted; 4 or 6 after a Concat)
   [n] y = FCONV(x)       -> [n] Conv with a float weight (an unquantized layer, e.g. a detect conv)
 
-Every model's input is ``x``, float[1,2,8,8]. The same macros as tests/graph/lint_cases.yaml.
+Every model's input is ``x``, float[1,2,8,8]. Shared by the rule cases (tests/rules/cases/*.yaml) and the
+lint cases (tests/graph/lint_cases.yaml).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ HEADER = (
     "<float s1 = {0.01}, float s2 = {0.02}, float s3 = {0.03}, float s4 = {0.04}, int8 zp0 = {0},"
     f" float[2,2,1,1] w2 = {{{_floats(4)}}}, float[2,4,1,1] w4 = {{{_floats(8)}}},"
     f" float[2,6,1,1] w6 = {{{_floats(12)}}}, float[2] ws = {{0.01,0.01}}, int8[2] wz = {{0,0}},"
-    " float[4] sc = {1,1,2,2}, int64[4] shp = {1,2,8,8}>"
+    " float lo = {0}, float hi = {6}, float[4] sc = {1,1,2,2}, int64[4] shp = {1,2,8,8}>"
 )
 MACRO = re.compile(r"^\s*\[(\w+)\]\s*(\w+)\s*=\s*(QDQ|QCONV\d*|FCONV)\((\w+)(?:,\s*(\w+))?\)\s*$")
 
