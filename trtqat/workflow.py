@@ -7,10 +7,10 @@ model is the teacher, what is evaluated against what, and the summary file are l
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InputError, UsageError
 from .quant.ptq import CalibConfig, PtqResult, QuantConfig

@@ -101,11 +101,10 @@ def test_qoperator_ops_rejected():
 
 
 def test_expected_weight_axis_table():
-    mk = lambda op, **a: helper.make_node(op, ["a", "b"], ["c"], **a)
     from onnx_graphsurgeon import Node
     assert expected_weight_axis(Node("Conv"), 1) == 0
     assert expected_weight_axis(Node("ConvTranspose"), 1) == 1
     assert expected_weight_axis(Node("Gemm", attrs={"transB": 1}), 1) == 0
     assert expected_weight_axis(Node("Gemm"), 1) == 1
     assert expected_weight_axis(Node("Conv"), 0) is None
-    assert mk("Conv") is not None
+    assert helper.make_node("Conv", ["a", "b"], ["c"]) is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from .options import json_option, trtexec_options
-
 from .output import emit_json, print_table, say
 
 _ROWS = (

@@ -7,7 +7,6 @@ import time
 import click
 
 from .options import json_option, trtexec_options
-
 from .output import emit_json, say
 
 

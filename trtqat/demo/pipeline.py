@@ -60,7 +60,7 @@ def plan(cfg: DemoConfig, ckpt: Path, repo: Path, images: Path) -> tuple[list[St
     if cfg.qat:
         files["qat"] = out / "qat.pt"
         quant += ["--qat", str(files["qat"]), "--train", str(images), "--epochs", "1", "--iters", "2",
-                  "--val", str(images), "--eval-origin", "--eval-ptq"]
+                  "--val", str(images), "--val-images", "8", "--eval-origin", "--eval-ptq"]
         final = files["qat"]
     steps += [Step("PTQ with scale rules" + (", then QAT and evaluation" if cfg.qat else ""), quant),
               Step("export Q/DQ ONNX (dynamic batch, verified in onnxruntime)",

@@ -151,7 +151,7 @@ class _Converter:
                 else:
                     node.inputs[i] = self.cast(t, want)
         # 3. graph outputs keep their float32 name and dtype: the FP16 tensor is renamed, a Cast restores it
-        for k, out in enumerate(list(graph.outputs)):
+        for out in list(graph.outputs):
             if out.name in keep_f32 and out.dtype is not None and np.dtype(out.dtype) == _F16:
                 internal = gs.Variable(f"{out.name}_fp16", dtype=_F16, shape=out.shape)
                 producer = out.inputs[0]

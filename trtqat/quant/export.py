@@ -25,7 +25,7 @@ import onnx
 
 from .. import __version__
 from .._io import atomic_path
-from ..errors import VerificationError, InputError, UsageError
+from ..errors import InputError, UsageError, VerificationError
 from ..graph.cleanup import (
     CleanupReport,
     cleanup_model,
