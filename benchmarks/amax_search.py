@@ -3,11 +3,13 @@
 The histograms come from a real calibration run of the YOLOv7 fixture (trtqat's collector, same binning as
 pytorch-quantization's ``HistogramCalibrator``). Each method is timed over all activation quantizers of the
 model (a shared quantizer counts once), trtqat's pass before and after each reference pass. The reference
-MSE takes about a second per quantizer, so it runs once; the fast side's time is the median of its runs. The reference entropy search is O(bins^2) in Python (several
-seconds per quantizer): it is timed on the first ``cfg.entropy_subset`` quantizers only, and its ratio is
+MSE takes about a second per quantizer, so it runs once; the fast side's time is the median of its runs.
+The reference entropy search is O(bins^2) in Python (several seconds per quantizer):
+it is timed on the first ``cfg.entropy_subset`` quantizers only, and its ratio is
 reported for that subset (``entropy_subset`` in the result names them).
 
-Agreement: every trtqat amax must be within one histogram bin of the reference's.
+Agreement: every trtqat amax must be within one histogram bin of the reference's (+0.1 % for the float32
+rounding of bin centres far from zero).
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def compare_method(method: str, hists, repeats: int, inner: int = 1) -> dict:
     off_bins = [abs(a - b) / w for a, b, w in zip(results["ours"], results["theirs"], widths)]
     return {"quantizers": len(hists), "seconds_trtqat": median(t_ours), "seconds_reference": median(t_ref),
             "speedup": ratio(median(t_ref), median(t_ours)), "times_trtqat": t_ours, "times_reference": t_ref,
-            "max_diff_bins": max(off_bins), "within_one_bin": bool(max(off_bins) <= 1.0 + 1e-6),
+            "max_diff_bins": max(off_bins), "within_one_bin": bool(max(off_bins) <= 1.0 + 1e-3),
             "exact_matches": int(sum(d == 0 for d in off_bins))}
 
 

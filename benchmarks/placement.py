@@ -71,7 +71,7 @@ def reference_pairs(model: torch.nn.Module, size: int) -> list[tuple[str, str]]:
         return next((n for n, m in readers.get(id(t), []) if is_qconv(m)), None)
 
     pairs: list[tuple[str, str]] = []
-    for name, module, ins, out in events:
+    for _name, module, ins, out in events:
         kind = type(module).__name__
         if kind == "Concat" and isinstance(out, torch.Tensor):
             major = first_qconv(out)

@@ -43,7 +43,6 @@ from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
 from pytorch_quantization.calib import histogram as pq_hist
 from pytorch_quantization.tensor_quant import fake_tensor_quant
 
-
 # ---------------------------------------------------------------- amax search (pytorch-quantization 2.1.3)
 
 def reference_mse_amax(calib_hist, calib_bin_edges, num_bits, unsigned, stride=1, start_bin=128):

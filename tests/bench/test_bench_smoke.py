@@ -11,6 +11,8 @@ import pytest
 from benchmarks import run as bench_run
 from benchmarks.common import Config, Workspace
 
+pytestmark = pytest.mark.slow  # ~100 s on 2 busy cores: PTQ child processes, six ONNX exports
+
 MACHINE_KEYS = {"cpu_count", "torch", "device"}
 
 
