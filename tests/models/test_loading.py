@@ -136,3 +136,35 @@ def test_loader_error_types(tmp_path):
     torch.save(["a list"], raw)
     with pytest.raises(InputError, match="holds a list"):
         load_checkpoint(raw)
+
+
+@pytest.mark.parametrize("raised", [
+    "raise RuntimeError('operator torchvision::nms does not exist')",
+    "raise AttributeError(\"partially initialized module 'torchvision' has no attribute 'extension'\")",
+    "raise OSError('libtorchvision.so: undefined symbol: _ZN3c10')",
+    "raise ImportError(\"cannot import name '_C'\")",
+])
+def test_broken_torchvision_is_named_in_one_line(yolo_checkpoint, calib_images, tmp_path, raised):
+    """A torchvision that is installed but broken fails in many ways; each must name torchvision (exit 2)."""
+    ckpt, _ = yolo_checkpoint("yolov5")
+    repo = fixtures.write_repo("yolov5", tmp_path / "repo", import_torchvision=True)
+    stub = tmp_path / "site" / "torchvision"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(raised + "\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([sys.executable, "-m", "trtqat", "quantize", str(ckpt), "--repo", str(repo),
+                           "--calib", str(calib_images)], env=env, capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2 and "imports torchvision" in line
+
+
+def test_fuse_works_on_parameters_that_require_grad(yolo_checkpoint):
+    """YOLOv7's IDetect.fuse updates biases in place: fusing must not need requires_grad=False."""
+    ckpt, repo = yolo_checkpoint("yolov7")
+    model = load_checkpoint(ckpt, repo).model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    fused = fuse_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert torch.isfinite(fused(torch.rand(1, 3, 64, 64))[0]).all()

@@ -67,24 +67,48 @@ def torch_load(path: str | Path, repo: str | Path | None = None) -> tuple[Any, P
     with upstream_on_path(repo_path), _quiet():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as exc:
-            raise _import_error(exc, path, repo_path) from exc
-        except ImportError as exc:
-            raise _import_error(exc, path, repo_path) from exc
-        except AttributeError as exc:  # "Can't get attribute 'MP' on <module 'models.common' ...>"
-            where = f"--repo {repo_path}" if repo_path else "the imported upstream code"
-            raise InputError(f"{path.name} needs a class that {where} does not define ({_first_line(exc)})",
-                             "Pass --repo with the clone (YOLOv5 or YOLOv7, same version) the checkpoint "
-                             "was trained with") from exc
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputError(f"{path} could not be read as a PyTorch checkpoint ({exc})",
-                             "The file may be truncated or not a .pt file") from exc
-        except RuntimeError as exc:
-            if "torchvision" in str(exc):
-                raise _torchvision_error(exc, repo_path) from exc
-            raise InputError(f"{path} could not be read as a PyTorch checkpoint ({_first_line(exc)})",
-                             "The file may be truncated or not a .pt file") from exc
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
+            raise _load_error(exc, path, repo_path) from exc
     return obj, repo_path
+
+
+def _frames(exc: BaseException) -> list[Path]:
+    out, tb = [], exc.__traceback__
+    while tb is not None:
+        out.append(Path(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    return out
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """True when ``exc`` (or its message) comes from code of ``package`` (e.g. a broken torchvision whose
+    import fails with AttributeError, OSError or RuntimeError rather than ImportError)."""
+    return package in str(exc) or any(package in f.parts for f in _frames(exc))
+
+
+def _raised_in_repo(exc: BaseException, repo: Path | None) -> bool:
+    """True when the failure happened while running code of the upstream clone (its imports)."""
+    return repo is not None and any(repo in f.resolve().parents for f in _frames(exc) if f.is_absolute())
+
+
+def _load_error(exc: Exception, path: Path, repo: Path | None) -> InputError:
+    """The one-line error for a failed ``torch.load`` of an upstream pickle."""
+    if _raised_in(exc, "torchvision"):
+        return _torchvision_error(exc, repo)
+    if isinstance(exc, ImportError):
+        return _import_error(exc, path, repo)
+    if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
+        where = f"--repo {repo}" if repo else "the imported upstream code"
+        return InputError(f"{path.name} needs a class that {where} does not define ({_first_line(exc)})",
+                          "Pass --repo with the clone (YOLOv5 or YOLOv7, same version) the checkpoint was trained with")
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or (
+            isinstance(exc, RuntimeError) and not _raised_in_repo(exc, repo)):
+        return InputError(f"{path} could not be read as a PyTorch checkpoint ({_first_line(exc)})",
+                          "The file may be truncated or not a .pt file")
+    where = f" in {repo}" if repo else ""
+    return InputError(f"importing the upstream code{where} failed while loading {path.name}: "
+                      f"{type(exc).__name__}: {_first_line(exc)}",
+                      "Check that the clone and its requirements are installed and match the checkpoint")
 
 
 def _import_error(exc: ImportError, path: Path, repo: Path | None) -> InputError:

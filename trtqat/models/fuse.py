@@ -68,7 +68,11 @@ def fuse_model(model):
     if is_fused(model):
         return model
     if callable(getattr(model, "fuse", None)):
-        with contextlib.redirect_stdout(io.StringIO()):  # upstream fuse() prints a banner and model info
+        import torch
+
+        # upstream fuse() prints a banner; YOLOv7's IDetect.fuse updates biases in place, which fails on
+        # parameters that require grad (a hand-saved or `model` entry): fuse without autograd
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             out = model.fuse()
         model = out if out is not None else model
     else:

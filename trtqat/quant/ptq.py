@@ -113,6 +113,7 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, size: int) -> tup
                              size=2 * model_stride(model))
         converted = set(converted_modules(groups))
         replaced.ignored = [name for name in replaced.ignored if name not in converted]
+        replaced.recount(model)  # the float-fanout rule may have quantized ignored layers
     return model, replaced, groups, ignore
 
 

@@ -49,6 +49,11 @@ class ReplaceReport:
     def to_dict(self) -> dict:
         return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds}
 
+    def recount(self, model: torch.nn.Module) -> None:
+        """Count the quantized modules actually in ``model`` (after rules that convert layers)."""
+        quant_types = {q.__name__ for q, _ in QUANT_MAP.values()} | {"QuantAdd"}
+        self.quantized = Counter(type(m).__name__ for m in model.modules() if type(m).__name__ in quant_types)
+
 
 def compile_policy(patterns: Iterable[str]) -> list[re.Pattern]:
     """Compile ignore regexes, naming the bad one on error."""

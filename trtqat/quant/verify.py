@@ -12,8 +12,9 @@ integer arithmetic, which is not what TensorRT computes either.
 Tolerance (per output, per batch size; documented in docs/export.md). Two regimes:
 
 - **Float graphs** (``--no-quant``): nothing rounds to int8, so the only differences are float summation
-  order. FP32: cosine >= 0.9999 and max abs error <= 1e-3 x max|reference| + 1e-4. FP16: cosine >= 0.999
-  or within 3x the model's FP16 noise floor (below).
+  order. FP32: cosine >= 0.9999 and max abs error <= 1e-3 x max|reference| + 1e-4, or 3x what a 1e-5
+  input perturbation moves the torch model (a random-weight YOLOv7 reaches activations of ~4000 and moves
+  a few outputs by more). FP16: cosine >= 0.999 or within 3x the model's FP16 noise floor (below).
 - **Q/DQ graphs**: torch and onnxruntime sum convolutions in different orders, so a value within ~1e-6 of
   an int8 rounding boundary rounds to the neighbouring level on one side (0.05% of the elements after the
   second conv of the test model). Each such flip is a full quantization step and propagates; on a
@@ -153,34 +154,40 @@ def check_graphs(model, graphs: dict[str, bytes], *, size: int, head: str, quant
         x = x_all[:batch]
         refs = torch_reference(model, x, head=head, quantized=quantized)
         floors = {label: noise_floor(model, x, refs, head=head, quantized=quantized, eps=FLOOR_EPS[label])
-                  if quantized or label == "fp16" else [None] * len(refs) for label in sessions}
+                  for label in sessions}
         for label, sess in sessions.items():
             names = [o.name for o in sess.get_outputs()]
             outs = sess.run(None, {sess.get_inputs()[0].name: x})
             if len(outs) != len(refs):
                 raise VerificationError(f"the ONNX has {len(outs)} outputs but the model returns {len(refs)}")
             tol = TOLERANCES[(label, quantized)]
-            for name, ref, got, floor in zip(names, refs, outs, floors[label]):
+            for name, ref, got, (floor, floor_abs) in zip(names, refs, outs, floors[label]):
                 if ref.shape != got.shape:
                     raise VerificationError(f"output {name!r} has shape {list(got.shape)} in the ONNX but "
                                             f"{list(ref.shape)} in PyTorch at batch {batch}")
                 max_abs, ref_max, cos = compare(ref, got)
                 limit = tol.limit(ref_max)
-                min_cos = tol.min_cosine if floor is None else min(tol.min_cosine, 1 - FLOOR_FACTOR * (1 - floor))
+                if limit is not None:  # a chaotic float model moves a few elements by more than 1e-3 x max
+                    limit = max(limit, FLOOR_FACTOR * floor_abs)
+                min_cos = min(tol.min_cosine, 1 - FLOOR_FACTOR * (1 - floor))
                 ok = bool(np.isfinite(max_abs)) and cos >= min_cos and (limit is None or max_abs <= limit)
                 report.checks.append(OutputCheck(label, batch, name, max_abs, ref_max, cos, limit,
-                                                 round(min_cos, 6), ok, floor))
+                                                 round(min_cos, 6), ok, floor if quantized or label == "fp16" else None))
     return report
 
 
 def noise_floor(model, x: np.ndarray, refs: list[np.ndarray], *, head: str, quantized: bool,
-                eps: float) -> list[float]:
-    """Cosine between the torch outputs on ``x`` and on ``x`` perturbed by ``eps`` (relative): how much
-    rounding alone (int8 flips, FP16) moves this model's outputs."""
+                eps: float) -> list[tuple[float, float]]:
+    """(cosine, max abs error) between the torch outputs on ``x`` and on ``x`` perturbed by ``eps``
+    (relative), per output: how much rounding alone (int8 flips, FP16, summation order) moves them."""
     rng = np.random.default_rng(1)
     scale = eps * max(float(np.abs(x).max()), 1e-6)
     bumped = (x + scale * rng.standard_normal(x.shape)).astype(np.float32)
-    return [compare(r, p)[2] for r, p in zip(refs, torch_reference(model, bumped, head=head, quantized=quantized))]
+    out = []
+    for r, p in zip(refs, torch_reference(model, bumped, head=head, quantized=quantized)):
+        max_abs, _, cos = compare(r, p)
+        out.append((cos, max_abs))
+    return out
 
 
 def qdq_param_problems(model, onnx_model, *, rtol: float = 1e-6) -> list[str]:
