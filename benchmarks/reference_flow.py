@@ -231,6 +231,10 @@ class ReferenceDistiller:
                 module.enable_quant()
                 module.disable_calib()
                 module.enable()
+        # Adam over all parameters, all trainable: checkpoints (and fused convs) arrive with requires_grad off;
+        # leaving them off would make the reference step skip almost every weight gradient (unfair, and
+        # not a fine-tune at all)
+        student.requires_grad_(True)
         self.optimizer = torch.optim.Adam(student.parameters(), lr=lr)
         self.amp = next(student.parameters()).device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)

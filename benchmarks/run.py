@@ -22,6 +22,8 @@ BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throug
               "placement": placement, "export": export_bench}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
+#: the project README carries the same table between the same markers
+TOP_README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -57,6 +59,8 @@ def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = N
     write_result("summary", summary, cfg, out_dir)
     if readme is not None and not only:
         update_readme(readme, summary)
+        if readme == README and TOP_README.is_file():
+            update_readme(TOP_README, summary)
     return summary
 
 

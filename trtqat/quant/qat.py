@@ -351,7 +351,8 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     groups = sharing_groups(student)
     layers, params = _prepare(student, teacher)
     sup = supervision_layers(len(layers), cfg.supervision_stride)
-    student.to(device), teacher.to(device)
+    # channels-last: faster convolutions for teacher and student (measured in benchmarks/qat_step.py)
+    student.to(device, memory_format=torch.channels_last), teacher.to(device, memory_format=torch.channels_last)
     amp = cfg.amp and device.type == "cuda"
     optimizer = torch.optim.Adam(params, lr=lr_for_epoch(0, cfg.lr))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -375,7 +376,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
                 group["lr"] = lr
             losses = []
             for batch in data.batches(epoch, cfg.iters, cfg.batch_size, env):
-                x = torch.from_numpy(batch).to(device, non_blocking=True)
+                x = torch.from_numpy(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 losses.append(_step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, cfg.clip_grad,
                                     params))
                 if progress:
@@ -401,7 +402,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
                 torch.distributed.barrier()
             if env.is_main and on_epoch:
                 on_epoch(record)
-    student.cpu(), teacher.cpu()
+    student.to("cpu", memory_format=torch.contiguous_format), teacher.to("cpu", memory_format=torch.contiguous_format)
     best_model = _best_student(student, paths, best, history, cfg, repo)
     return QatResult(model=best_model, teacher=teacher, history=history, best_epoch=best["epoch"],
                      best_score=best["score"], paths=paths, resumed_from=start if resume else None,
