@@ -30,3 +30,9 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / name).is_file(), name
     # the steps run in child processes (their output goes to the terminal); the summary table is ours
     assert "TensorRT lint: trtqat placement" in result.output and "trtexec build command" in result.output
+
+
+@pytest.mark.parametrize("args,message", [(["--size", "100"], "multiple of 32"), (["--images", "0"], "at least 1")])
+def test_bad_demo_flags_exit_2_before_any_work(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), *args])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "d").exists()

@@ -22,7 +22,13 @@ def demo(family: str, out: Path | None, size: int, images: int, qat: bool) -> No
     labelled images, then run rules, quantize (PTQ, QAT), export, lint and a dry-run engine build,
     printing each command as you would type it."""
     from ..demo.pipeline import DemoConfig, run_demo
+    from ..errors import UsageError
 
+    if size < 64 or size % 32:  # the demo models have stride 32
+        raise UsageError(f"--size {size} must be a multiple of 32 (the demo model's stride), at least 64",
+                         "Use e.g. --size 320")
+    if images < 1:
+        raise UsageError(f"--images must be at least 1, got {images}")
     out = out or Path(tempfile.mkdtemp(prefix="trtqat-demo-"))
     result = run_demo(DemoConfig(family=family, out=out, size=size, images=images, qat=qat), echo=say)
     print_table(f"trtqat demo ({family}, {size}px): done in {result.seconds:.0f} s", ["step", "seconds"],
