@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import click
 
+from .options import profile_option
 from .output import say
 
 
 @click.command(name="draw")
 @click.argument("layers", type=click.Path(dir_okay=False))
-@click.option(
-    "--profile",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="--exportProfile JSON to show per-layer times (default: found beside an engine).",
-)
+@profile_option
 @click.option(
     "-o",
     "--out",

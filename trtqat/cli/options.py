@@ -34,6 +34,10 @@ size_option = click.option("--size", type=int, default=640, show_default=True,
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
+profile_option = click.option(
+    "--profile", type=click.Path(dir_okay=False), default=None,
+    help="--exportProfile JSON for per-layer times (default: ENGINE.profile.json beside an engine).")
+
 trtexec_options = _compose(
     click.option("--trtexec", "trtexec_path", default=None,
                  help="Path to trtexec (else $TRTQAT_TRTEXEC, else PATH, else /usr/src/tensorrt/bin)."),

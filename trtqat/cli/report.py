@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .options import profile_option
 from .output import emit_json, print_table, say
 
 
@@ -17,12 +18,7 @@ def _us(ms):
 
 @click.command(name="report")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option(
-    "--profile",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="--exportProfile JSON (default: ENGINE.profile.json when present).",
-)
+@profile_option
 @click.option("--top", type=int, default=10, show_default=True, help="Slowest layers to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def report(source, profile, top, as_json):
