@@ -33,7 +33,7 @@ def collect_histograms(ws: Workspace, cfg: Config) -> tuple[list[tuple[str, np.n
     ckpt, repo = ws.checkpoint("yolov7")
     images = ws.images(cfg.amax_images)
     loaded = load_checkpoint(ckpt, repo)
-    model, _, groups, _ = prepare_quantized(loaded, QuantConfig(), cfg.size)
+    model, _, groups, _ = prepare_quantized(loaded, QuantConfig())
     t0 = time.perf_counter()
     collect_statistics(model, image_stream(images, cfg.size, cfg.batch))
     seconds = time.perf_counter() - t0

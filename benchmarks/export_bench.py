@@ -23,7 +23,7 @@ def _family(ws: Workspace, cfg: Config, family: str, tmp: Path) -> dict:
     ckpt, repo = ws.checkpoint(family)
     images = ws.images(cfg.throughput_images)
     loaded = load_checkpoint(ckpt, repo)
-    model, _, _, _ = prepare_quantized(loaded, QuantConfig(), cfg.size)
+    model, _, _, _ = prepare_quantized(loaded, QuantConfig())
     calibrate(model, image_stream(images, cfg.size, cfg.batch, max_batches=1))
     res = export_module(model, tmp / f"{family}.onnx", ExportConfig(size=cfg.size, calib_dir=images),
                         family=family, kind="ptq")

@@ -116,7 +116,7 @@ def build_variant(ws: Workspace, family: str, variant: str, size: int, images: P
         qconf = QuantConfig(use_rules=False, quantize_maxpool=False)
     else:
         qconf = QuantConfig(use_rules=variant == "trtqat_rules")
-    model, _, _, _ = prepare_quantized(loaded, qconf, size)
+    model, _, _, _ = prepare_quantized(loaded, qconf)
     pairs = apply_reference_rules(model, size) if variant == "reference_rules" else None
     calibrate(model, image_stream(images, size, 2, max_batches=1))
     return model, pairs

@@ -55,7 +55,7 @@ def calibrated_model(ws: Workspace, cfg: Config, family: str = "yolov7"):
 
     ckpt, repo = ws.checkpoint(family)
     images = ws.images(cfg.throughput_images)
-    model, _, _, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig(), cfg.qat_size)
+    model, _, _, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig())
     calibrate(model, image_stream(images, cfg.qat_size, cfg.qat_batch, max_batches=2))
     x = torch.from_numpy(next(iter(image_stream(images, cfg.qat_size, cfg.qat_batch))))
     return model, x

@@ -30,7 +30,7 @@ def _family(ws: Workspace, cfg: Config, family: str, device: str) -> dict:
     batches = [torch.from_numpy(b) for b in image_stream(images, cfg.size, cfg.batch)]
     decode = time.perf_counter() - t0
     n = sum(int(b.shape[0]) for b in batches)
-    model, _, _, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig(), cfg.size)
+    model, _, _, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig())
     ref = copy.deepcopy(model)
     use_reference_calibrators(ref)
     model.to(device), ref.to(device)

@@ -89,11 +89,14 @@ def check_size(size: int, model) -> None:
                          f"Use e.g. --size {max(stride, round(size / stride) * stride)}")
 
 
-def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, size: int) -> tuple[object, ReplaceReport, list, tuple]:
+def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig,
+                      trace_size: int | None = None) -> tuple[object, ReplaceReport, list, tuple]:
     """Fuse, replace modules (ignore policy) and apply scale-sharing rules.
 
     The policy file (``rules/<family>.yaml`` or ``--rules FILE``) always supplies the ignore patterns;
     ``use_rules=False`` (``--no-rules``) only turns the scale sharing off, for a baseline.
+    ``trace_size`` is the input size of the rules' temporary ONNX trace; the graph's topology does not
+    depend on it, so the default is the smallest valid one (twice the stride: fast).
     Returns (model, replace report, applied groups, ignore patterns).
     """
     import dataclasses
@@ -108,9 +111,8 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, size: int) -> tup
                                quantize_residual_add=qconf.quantize_residual_add)
     groups = []
     if qconf.use_rules:  # user --ignore-policy layers are never converted by the float-fanout rule
-        # the graph's topology does not depend on the input size: trace the discovery graph small (fast)
         groups = apply_rules(model, dataclasses.replace(policy, ignore=policy.ignore + tuple(qconf.ignore)),
-                             size=2 * model_stride(model))
+                             size=trace_size or 2 * model_stride(model))
         converted = set(converted_modules(groups))
         replaced.ignored = [name for name in replaced.ignored if name not in converted]
         replaced.recount(model)  # the float-fanout rule may have quantized ignored layers
@@ -130,7 +132,7 @@ def run_ptq(ckpt: str | Path, *, repo: str | Path | None, calib: CalibConfig, qc
     stream = image_stream(calib.calib_dir, calib.size, calib.batch_size, calib.calib_batches)  # fail fast
     loaded = load_checkpoint(ckpt, repo)
     check_size(calib.size, loaded.model)
-    model, replaced, groups, ignore = prepare_quantized(loaded, qconf, calib.size)
+    model, replaced, groups, ignore = prepare_quantized(loaded, qconf)
     model.to(device)
     if on_total:
         on_total(min(len(stream.files), calib.batch_size * (calib.calib_batches or len(stream))))
