@@ -76,11 +76,6 @@ def calib_config(**kw):
                        device=kw["device"])
 
 
-def pop(kwargs: dict, *names: str) -> dict:
-    """Remove ``names`` from ``kwargs`` and return them as a dict (helps commands forward option groups)."""
-    return {n: kwargs.pop(n) for n in names}
-
-
 def checkpoint_argument(func):
     """The positional checkpoint argument (a path; existence is checked by the loader for one-line errors)."""
     return click.argument("ckpt", type=click.Path(path_type=Path))(func)
@@ -122,6 +117,6 @@ class ProgressBar:
 
 
 def progress_bar(description: str):
-    """Compatibility helper: (context manager, advance(n), set_total(n)) over a :class:`ProgressBar`."""
+    """The progress factory commands pass to the library: (context manager, advance(n), set_total(n))."""
     bar = ProgressBar(description)
     return bar, bar.advance, bar.total

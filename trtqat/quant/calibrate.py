@@ -18,7 +18,7 @@ from ..errors import InputError
 from .amax import histogram_amax
 from .calibrator import FastHistogramCalibrator, release_buffers
 from .modes import calibration_mode
-from .quantizers import named_quantizers, set_amax, weight_amax
+from .quantizers import is_weight_quantizer, named_quantizers, set_amax, weight_amax
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def compute_amax(model, method: str = "mse", percentile: float = 99.99) -> tuple
     unseen: list[str] = []
     modules = dict(model.named_modules())
     for name, q in named_quantizers(model):
-        if name.endswith("_weight_quantizer"):
+        if is_weight_quantizer(name):
             owner = modules[name.rsplit(".", 1)[0]]
             axis = q.axis[0] if isinstance(q.axis, (tuple, list)) else q.axis
             set_amax(q, weight_amax(owner.weight, axis))

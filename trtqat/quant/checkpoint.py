@@ -30,7 +30,7 @@ from .. import __version__
 from .._io import atomic_path
 from ..errors import InputError
 from .calibrate import reset_statistics
-from .quantizers import named_quantizers
+from .quantizers import is_weight_quantizer, named_quantizers
 
 FORMAT = 1
 
@@ -39,7 +39,7 @@ def amax_table(model) -> dict[str, Any]:
     """Activation amax per quantizer name (scalars as float)."""
     out = {}
     for name, q in named_quantizers(model):
-        if not name.endswith("_weight_quantizer") and getattr(q, "_amax", None) is not None:
+        if not is_weight_quantizer(name) and getattr(q, "_amax", None) is not None:
             out[name] = float(q._amax.detach().float().max())
     return out
 

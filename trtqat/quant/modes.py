@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 from pytorch_quantization.nn import TensorQuantizer
 
-from .quantizers import named_quantizers
+from .quantizers import is_weight_quantizer, named_quantizers
 
 _FLAGS = ("_disabled", "_if_quant", "_if_calib")
 
@@ -50,7 +50,7 @@ def _mode(model, setup, train: bool | None = None) -> Iterator[torch.nn.Module]:
 
 
 def _calib(name: str, q: TensorQuantizer) -> None:
-    if q._calibrator is not None and not name.endswith("_weight_quantizer"):
+    if q._calibrator is not None and not is_weight_quantizer(name):
         q._disabled, q._if_quant, q._if_calib = False, False, True
     else:
         q._disabled = True

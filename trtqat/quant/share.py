@@ -35,6 +35,7 @@ from .onnx_trace import trace_onnx
 from .quantizers import (
     WEIGHT_AXIS,
     input_quantizer,
+    is_weight_quantizer,
     named_quantizers,
     quantizer_aliases,
     set_amax,
@@ -125,7 +126,7 @@ def _fingerprinted(model: torch.nn.Module, probe: bool) -> Iterator[tuple[list, 
         modules = dict(model.named_modules())
         for name, q in named_quantizers(model):
             saved.append((q, q._amax.detach().clone() if hasattr(q, "_amax") else None))
-            if name.endswith("_weight_quantizer"):
+            if is_weight_quantizer(name):
                 axis = q.axis[0] if isinstance(q.axis, (tuple, list)) else q.axis
                 set_amax(q, weight_amax(modules[name.rsplit(".", 1)[0]].weight, axis))
                 continue

@@ -200,7 +200,7 @@ def qdq_param_problems(model, onnx_model, *, rtol: float = 1e-6) -> list[str]:
     """
     from onnx import numpy_helper
 
-    from .quantizers import named_quantizers
+    from .quantizers import is_weight_quantizer, named_quantizers
 
     acts, weights = [], []
     for name, q in named_quantizers(model):
@@ -208,7 +208,7 @@ def qdq_param_problems(model, onnx_model, *, rtol: float = 1e-6) -> list[str]:
             continue
         bound = float((1 << (q.num_bits - 1 + int(q.unsigned))) - 1)
         amax = q._amax.detach().float().cpu().numpy().ravel() / bound
-        (weights if name.endswith("_weight_quantizer") else acts).append((name, amax))
+        (weights if is_weight_quantizer(name) else acts).append((name, amax))
     inits = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in onnx_model.graph.node
               if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
