@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all test-gpu bench bench-cuda lint clean
 
 install:
 	@# An unpinned torch pulls several GB of CUDA wheels; pin the CPU build when torch is absent.
@@ -17,10 +17,17 @@ test:
 	$(PYTHON) -m pytest -q
 
 test-all:
-	$(PYTHON) -m pytest -q -m "" 
+	$(PYTHON) -m pytest -q -m ""
+
+test-gpu:  # CUDA paths (needs a GPU; CI has none)
+	$(PYTHON) -m pytest -q -m gpu tests/gpu
 
 bench:
 	$(PYTHON) -m benchmarks.run
+
+bench-cuda:  # needs a GPU: benchmarks/results/cuda.json (thin fixtures) and cuda_width1.json (real widths)
+	$(PYTHON) -m benchmarks.cuda_bench
+	$(PYTHON) -m benchmarks.cuda_bench --width 1.0 --name cuda_width1 --only calib_throughput ptq qat_step
 
 lint:
 	$(PYTHON) -m ruff check trtqat tests benchmarks

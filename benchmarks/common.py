@@ -58,13 +58,14 @@ class Workspace:
     root: Path
     checkpoints: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     _images: dict[int, Path] = field(default_factory=dict)
+    width: float | None = None  # fixture width multiple (None: the fixtures' thin default)
 
     def checkpoint(self, family: str) -> tuple[Path, Path]:
         """(checkpoint, fake repo) of the ``family`` fixture (fp16 ``ema`` form, as upstream saves)."""
         if family not in self.checkpoints:
             from trtqat.demo.fixtures import make_checkpoint
 
-            self.checkpoints[family] = make_checkpoint(family, self.root / family)
+            self.checkpoints[family] = make_checkpoint(family, self.root / family, width=self.width)
         return self.checkpoints[family]
 
     def images(self, n: int) -> Path:

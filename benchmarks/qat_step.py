@@ -166,7 +166,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
     out = {"family": "yolov7", "size": cfg.qat_size, "batch": cfg.qat_batch, "steps_per_call": steps,
            "seconds_per_step": per_step, "times": times, "speedup_over_trtqat_as_shipped": effect,
            "speedup_over_reference": {k: ratio(per_step["reference"], v) for k, v in per_step.items()},
-           "breakdown": breakdown, "amp": "not measured (CUDA only; no GPU here)",
+           "breakdown": breakdown, "amp": "CUDA only: see cuda.json (make bench-cuda)",
            "qat_step_speedup": ratio(per_step["reference"], per_step["trtqat"])}
     log("qat step: " + ", ".join(f"{k} {v:.3f}s" for k, v in per_step.items()))
     return out

@@ -19,7 +19,7 @@ from .reference_flow import reference_collect, use_reference_calibrators
 
 def _family(ws: Workspace, cfg: Config, family: str, device: str) -> dict:
     from trtqat.data.images import image_stream
-    from trtqat.models import load_checkpoint
+    from trtqat.models import load_checkpoint, to_device
     from trtqat.quant.calibrate import collect_statistics, reset_statistics
     from trtqat.quant.modes import quant_disabled
     from trtqat.quant.ptq import QuantConfig, prepare_quantized
@@ -33,7 +33,7 @@ def _family(ws: Workspace, cfg: Config, family: str, device: str) -> dict:
     model, _, _, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig())
     ref = copy.deepcopy(model)
     use_reference_calibrators(ref)
-    model.to(device), ref.to(device)
+    to_device(model, device), to_device(ref, device)
     batches = [b.to(device) for b in batches]
 
     def forward():

@@ -152,6 +152,7 @@ def evaluate_models(model, teacher, job: QuantizeJob, *, final: str) -> dict:
     """Evaluate float / PTQ / final on ``--val``: mAP with labels, else fidelity and agreement with the
     float model. Returns the JSON-able table."""
     from .eval.evaluate import EvalConfig, eval_set, evaluate
+    from .models import to_device
     from .quant.device import resolve_device
 
     ev, calib = job.evaluation, job.calib
@@ -168,13 +169,13 @@ def evaluate_models(model, teacher, job: QuantizeJob, *, final: str) -> dict:
     runs.append((final, model, True))
     rows = []
     for name, m, quantized in runs:
-        m.to(device)
+        to_device(m, device)
         if reference is not None:
-            reference.to(device)
+            to_device(reference, device)
         rows.append(evaluate(m, data, quantized=quantized, reference=reference if quantized else None, name=name))
-        m.to("cpu")
+        to_device(m, "cpu")
     if reference is not None:
-        reference.to("cpu")
+        to_device(reference, "cpu")
     return {"labelled": data.labelled, "labels": data.gt.source if data.gt else None, "images": len(data.files),
             "conf_thres": ev.conf_thres, "iou_thres": ev.iou_thres, "origin_skipped": ev.origin and not data.labelled,
             "rows": [r.to_dict() for r in rows]}

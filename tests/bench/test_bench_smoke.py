@@ -56,8 +56,8 @@ def test_amax_and_ptq_agree_with_the_reference(smoke):
     ptq = json.loads((out / "ptq.json").read_text())
     agreement = ptq["amax_agreement"]
     assert agreement["same_names"] and agreement["within_one_bin"]
-    assert ptq["small_trace"]["same_groups"]
-    assert set(ptq["peak_rss_mib"]) == {"floor", "trtqat", "trtqat_small_trace", "reference"}
+    assert set(ptq["peak_rss_mib"]) == {"floor", "floor_tuned", "trtqat", "reference"}
+    assert _positive(ptq["ptq_over_tuned_floor"])
     assert all(_positive(v) for v in ptq["peak_rss_mib"].values())
 
 

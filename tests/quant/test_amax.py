@@ -103,3 +103,36 @@ def test_mse_on_hand_made_histogram():
 def test_unknown_method_rejected():
     with pytest.raises(ValueError, match="unknown calibration method"):
         histogram_amax("kl", np.ones(4), np.linspace(0, 1, 5))
+
+
+def test_reset_restores_the_bin_count():
+    """A second calibration after reset() is the same as the first (pytorch-quantization's reset keeps
+    the grown bin count, so repeated calibrations drift to ever narrower bins)."""
+    cal = FastHistogramCalibrator()
+    runs = []
+    for _ in range(3):
+        for scale in (1.0, 4.0):  # the second batch extends the range: more bins
+            cal.collect(torch.linspace(-scale, scale, 1001))
+        runs.append((cal._calib_hist.clone(), cal._calib_bin_edges.clone(), cal._num_bins))
+        cal.reset()
+    assert runs[0][2] > 2048
+    for hist, edges, bins in runs[1:]:
+        assert bins == runs[0][2] and torch.equal(hist, runs[0][0]) and torch.equal(edges, runs[0][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bins,stretch", [(2048, 1.0), (2048, 1.37), (2999, 1.0), (4096, 1.01)])
+def test_cpu_binning_is_histc_exactly(dtype, bins, stretch):
+    """The bincount path (power-of-two bins: one division; other counts: multiply then divide) puts
+    every value in histc's bin, signs, the exact top value and bin edges included."""
+    from trtqat.quant.calibrator import _Scratch, abs_max, linear_histogram, parallel_bincount
+
+    g = torch.Generator().manual_seed(bins)
+    x = torch.cat([torch.randn(2_500_000, generator=g) * 3, torch.linspace(-1, 1, 4097) * 3]).to(dtype)
+    m = float(abs_max(x))
+    top = float(torch.tensor(m * stretch))
+    ours = linear_histogram(x, bins, top, m, _Scratch())
+    assert ours.dtype == torch.int64 and int(ours.sum()) == x.numel()
+    assert torch.equal(ours.float(), torch.histc(x.float().abs(), bins=bins, min=0, max=top))
+    idx = torch.randint(0, 100, (3_000_000,), generator=g, dtype=torch.int16)
+    assert torch.equal(parallel_bincount(idx, 101), torch.bincount(idx, minlength=101))

@@ -217,3 +217,27 @@ def test_ptq_sharing_survives_reload_in_new_process(ptq, tmp_path):
             assert r["lint"] == ["/model/model.0/conv/_input_quantizer/QuantizeLinear"]
     assert res["yolov5"]["det"] == {"model.24.m.0": ["QuantConv2d", True], "model.24.m.1": ["QuantConv2d", True]}
     assert res["yolov7"]["det"] == {}
+
+
+@pytest.mark.parametrize("family", ["yolov5", "yolov7"])
+def test_lean_trace_finds_the_same_groups_as_the_full_export(yolo_checkpoint, family, monkeypatch):
+    """Discovery traces each quantizer as one fake-quant op and weights as float (3x faster); the groups,
+    aligned sets and fan-outs must equal those found on the full Q/DQ export (and at 2x the trace size)."""
+    import contextlib
+
+    from trtqat.models import load_checkpoint
+    from trtqat.quant import share
+    from trtqat.quant.ptq import QuantConfig, prepare_quantized
+    from trtqat.quant.quantizers import named_quantizers
+
+    ckpt, repo = yolo_checkpoint(family)
+    loaded = load_checkpoint(ckpt, repo)
+    model, _, _, _ = prepare_quantized(loaded, QuantConfig(use_rules=False))
+    policy = share.load_policy(loaded.family, None)
+    lean = share.discover(model, policy, size=SIZE).to_dict()
+    assert all("forward" not in vars(q) for _, q in named_quantizers(model))  # instance patches removed
+    trace = share.trace_onnx
+    monkeypatch.setattr(share, "_lean_quantizers", lambda model, acts: contextlib.nullcontext())
+    monkeypatch.setattr(share, "trace_onnx", lambda *a, **kw: trace(*a, **{**kw, "quantized": True}))
+    full = share.discover(model, policy, size=2 * SIZE).to_dict()
+    assert lean["groups"] and lean == full

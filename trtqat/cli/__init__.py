@@ -101,6 +101,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     Checkpoints (.pt) are Python pickles: loading one runs code from the file and imports classes of
     the upstream repo given by --repo. Only load checkpoints you trust.
     """
+    from ..allocator import tune_allocator
+
+    tune_allocator()  # CPU forwards stop page-faulting (trtqat/allocator.py; TRTQAT_MALLOC=default opts out)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]

@@ -42,19 +42,22 @@ class CalibResult:
 
 
 def collect_statistics(model, batches: Iterable, device: str | torch.device = "cpu",
-                       progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+                       progress: Callable[[int], None] | None = None,
+                       memory_format: torch.memory_format | None = None) -> tuple[int, int]:
     """Run ``batches`` (numpy or torch, N×3×H×W in 0..1) through ``model`` in calibration mode.
 
-    The forward runs channels-last (NHWC): oneDNN/cuDNN convolutions are markedly faster in it (1.7x for
-    the YOLOv7 fixture on CPU) and histograms do not depend on memory layout. The model is returned to the
-    default layout afterwards.
+    The forward runs in ``memory_format``, channels-last (NHWC) by default: oneDNN's convolutions are 1.7x
+    faster in it on the CPU (YOLOv7 fixture), and on an H100 calibration of a real-width YOLOv7 was 10 %
+    faster in it (``benchmarks/results/cuda_width1.json``). Histograms do not depend on the layout. The
+    model is returned to the default layout afterwards.
     """
     n_batches = n_images = 0
-    model.to(memory_format=torch.channels_last)
+    fmt = memory_format or torch.channels_last
+    model.to(memory_format=fmt)
     try:
         with calibration_mode(model), torch.no_grad():
             for batch in batches:
-                x = torch.as_tensor(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = torch.as_tensor(batch).to(device, non_blocking=True).contiguous(memory_format=fmt)
                 model(x)
                 n_batches += 1
                 n_images += int(x.shape[0])

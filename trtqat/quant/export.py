@@ -35,7 +35,7 @@ from ..graph.cleanup import (
     simplify_model,
 )
 from ..graph.fp16 import Fp16Report, convert_to_fp16
-from ..models import LoadedModel, fuse_model, load_checkpoint
+from ..models import LoadedModel, fuse_model, load_checkpoint, to_device
 from .checkpoint import require_quantized
 from .modes import quant_disabled
 from .onnx_trace import OPSET_MAX, OPSET_MIN, trace_onnx
@@ -144,7 +144,7 @@ def export_module(model, save: str | Path, config: ExportConfig, *, family: str 
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     check_size(config.size, model)
-    model = model.cpu().float().eval()
+    model = to_device(model, "cpu").float().eval()
     quantized = kind != "float"
     say(f"tracing ({'Q/DQ' if quantized else 'float'}, opset {config.opset}, head {config.head})")
     with tempfile.TemporaryDirectory(prefix="trtqat-export-") as tmp:

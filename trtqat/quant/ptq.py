@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
-from ..models import LoadedModel, fuse_model, load_checkpoint, model_stride
+from ..models import LoadedModel, fuse_model, load_checkpoint, model_stride, to_device
 from ._compat import quiet_absl
 from .amax import METHODS
 from .calibrate import CalibResult, calibrate
@@ -123,9 +123,11 @@ def run_ptq(ckpt: str | Path, *, repo: str | Path | None, calib: CalibConfig, qc
             out: str | Path | None = None, progress: Callable[[int], None] | None = None,
             on_total: Callable[[int], None] | None = None) -> PtqResult:
     """Quantize ``ckpt`` with PTQ and (optionally) save the result to ``out``."""
+    from ..allocator import tune_allocator
     from ..data.images import image_stream
 
     t0 = time.perf_counter()
+    tune_allocator()
     if calib.calib_dir is None:
         raise UsageError("--calib DIR is required for calibration", "Pass a folder of representative images")
     device = resolve_device(calib.device)
@@ -133,12 +135,12 @@ def run_ptq(ckpt: str | Path, *, repo: str | Path | None, calib: CalibConfig, qc
     loaded = load_checkpoint(ckpt, repo)
     check_size(calib.size, loaded.model)
     model, replaced, groups, ignore = prepare_quantized(loaded, qconf)
-    model.to(device)
+    to_device(model, device)
     if on_total:
         on_total(min(len(stream.files), calib.batch_size * (calib.calib_batches or len(stream))))
     result = calibrate(model, stream, method=calib.method, percentile=calib.percentile, device=device,
                        progress=progress)
-    model.to("cpu")
+    to_device(model, "cpu")
     res = PtqResult(loaded=loaded, model=model, replaced=replaced, calib=result, groups=groups, ignore=ignore,
                     skipped_images=stream.skipped)
     if out is not None:

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 
 from .._io import atomic_path
 from ..errors import InputError, UsageError
+from ..models.device import to_device
 from ._compat import load_quant_state_dict
 from .checkpoint import save_quantized
-from .device import resolve_device
+from .device import preferred_memory_format, resolve_device
 from .modes import qat_mode, quant_disabled
 from .quantizers import quantizer_aliases
 
@@ -283,7 +284,7 @@ def _prepare(student, teacher) -> tuple[list[int], list]:
 def _cpu_model(model):
     """A CPU copy for pickling (the model itself when it already lives on the CPU)."""
     dev = next(model.parameters()).device
-    return model if dev.type == "cpu" else copy.deepcopy(model).cpu()
+    return model if dev.type == "cpu" else to_device(copy.deepcopy(model), "cpu")
 
 
 def _load_state(path: Path) -> dict:
@@ -335,6 +336,9 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     Returns:
         :class:`QatResult` with the best student.
     """
+    from ..allocator import tune_allocator
+
+    tune_allocator()
     t0 = time.perf_counter()
     env = env or dist_env()
     paths = qat_paths(out)
@@ -352,7 +356,8 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     layers, params = _prepare(student, teacher)
     sup = supervision_layers(len(layers), cfg.supervision_stride)
     # channels-last: faster convolutions for teacher and student (measured in benchmarks/qat_step.py)
-    student.to(device, memory_format=torch.channels_last), teacher.to(device, memory_format=torch.channels_last)
+    fmt = preferred_memory_format(device)
+    to_device(student, device, fmt), to_device(teacher, device, fmt)
     amp = cfg.amp and device.type == "cuda"
     optimizer = torch.optim.Adam(params, lr=lr_for_epoch(0, cfg.lr))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -376,7 +381,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
                 group["lr"] = lr
             losses = []
             for batch in data.batches(epoch, cfg.iters, cfg.batch_size, env):
-                x = torch.from_numpy(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = torch.from_numpy(batch).to(device, non_blocking=True).contiguous(memory_format=fmt)
                 losses.append(_step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, cfg.clip_grad,
                                     params))
                 if progress:
@@ -402,7 +407,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
                 torch.distributed.barrier()
             if env.is_main and on_epoch:
                 on_epoch(record)
-    student.to("cpu", memory_format=torch.contiguous_format), teacher.to("cpu", memory_format=torch.contiguous_format)
+    to_device(student, "cpu", torch.contiguous_format), to_device(teacher, "cpu", torch.contiguous_format)
     best_model = _best_student(student, paths, best, history, cfg, repo)
     return QatResult(model=best_model, teacher=teacher, history=history, best_epoch=best["epoch"],
                      best_score=best["score"], paths=paths, resumed_from=start if resume else None,

@@ -145,6 +145,40 @@ def _fingerprinted(model: torch.nn.Module, probe: bool) -> Iterator[tuple[list, 
             setattr(parent, attr, module)
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@contextlib.contextmanager
+def _lean_quantizers(model: torch.nn.Module, acts: list) -> Iterator[None]:
+    """For the temporary trace only: each activation quantizer becomes ONE fake-quant op with its
+    (fingerprint) scale, and weights stay float.
+
+    Why: the graph analysis reads activation Q/DQ pairs only, and the full TensorQuantizer path (Python
+    checks, scale arithmetic, per-channel weight fake quant) costs about twice the rest of the trace
+    (YOLOv7 fixture at 64 px: 1.2 s against 0.4 s). The Q/DQ each quantizer emits is the same as in
+    ``onnx_export_mode``: per-tensor, zero point 0, scale ``amax / bound``. Instance attributes, removed on exit.
+    """
+    act_ids = {id(q) for q in acts}
+    patched: list[torch.nn.Module] = []
+    try:
+        for _, q in named_quantizers(model):
+            if "forward" in q.__dict__:
+                continue  # a shared quantizer, seen under another name
+            if id(q) in act_ids:
+                bound = (1 << (q.num_bits - 1 + int(q.unsigned))) - 1
+                scale, low = float(q._amax) / bound, 0 if q.unsigned else -bound - 1
+                q.forward = (lambda s, lo, hi: lambda x: torch.fake_quantize_per_tensor_affine(x, s, 0, lo, hi))(
+                    scale, low, bound)
+            else:
+                q.forward = _identity
+            patched.append(q)
+        yield
+    finally:
+        for q in patched:
+            q.__dict__.pop("forward", None)
+
+
 def _fingerprint_table(acts: list) -> dict[float, int]:
     """float32 Q scale -> quantizer index. Quantizer ``k`` has amax ``k + 1`` and the exporter writes
     scale ``amax / bound`` (bound 127 for signed 8-bit; computed per quantizer for other widths)."""
@@ -167,7 +201,8 @@ def discover(model: torch.nn.Module, policy: Policy, *, size: int = 640) -> Rule
     probe = bool(policy.active("float-fanout"))
     with _fingerprinted(model, probe) as (acts, probes), tempfile.TemporaryDirectory(prefix="trtqat-rules-") as tmp:
         path = Path(tmp) / "rules.onnx"
-        trace_onnx(model, path, size=size, head="raw")
+        with _lean_quantizers(model, acts):
+            trace_onnx(model, path, size=size, head="raw", quantized=False)
         graph = load_graph(path)
     table = _fingerprint_table(acts)
     node_q: dict[str, int] = {}
