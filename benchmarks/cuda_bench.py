@@ -132,7 +132,7 @@ def ptq(ws: Workspace, cfg: Config) -> dict:
 
 
 def qat_step(ws: Workspace, cfg: Config) -> dict:
-    from trtqat.models import to_device
+    from trtqat.models import set_memory_format, to_device
     from trtqat.quant.modes import qat_mode, quant_disabled
     from trtqat.quant.qat import _layers, _prepare, _step, supervision_layers
 
@@ -156,7 +156,7 @@ def qat_step(ws: Workspace, cfg: Config) -> dict:
             sup = supervision_layers(len(layers))
             s_layers, t_layers = [layers[i] for i in sup], [_layers(teacher)[i] for i in sup]
             fmt = torch.channels_last if cl else torch.contiguous_format
-            student.to(memory_format=fmt), teacher.to(memory_format=fmt)
+            set_memory_format(student, fmt), set_memory_format(teacher, fmt)
             stack.enter_context(qat_mode(student))
             opt = torch.optim.Adam(params, lr=1e-5)
             scaler = torch.amp.GradScaler("cuda", enabled=amp)

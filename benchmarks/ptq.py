@@ -55,7 +55,7 @@ def _floor(spec: dict, tuned: bool = False) -> dict:
     import torch
 
     from trtqat.data.images import image_stream
-    from trtqat.models import fuse_model, load_checkpoint
+    from trtqat.models import fuse_model, load_checkpoint, set_memory_format
 
     fmt = torch.contiguous_format
     if tuned:  # the floor under trtqat's own process settings: kept allocator memory, channels-last
@@ -64,7 +64,7 @@ def _floor(spec: dict, tuned: bool = False) -> dict:
         tune_allocator()
         fmt = torch.channels_last
     t0 = time.perf_counter()
-    model = fuse_model(load_checkpoint(spec["ckpt"], spec["repo"]).model).eval().to(memory_format=fmt)
+    model = set_memory_format(fuse_model(load_checkpoint(spec["ckpt"], spec["repo"]).model).eval(), fmt)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     t_fwd = 0.0

@@ -29,6 +29,8 @@ import time
 import torch
 from pytorch_quantization.nn import TensorQuantizer
 
+from trtqat.models import set_memory_format
+
 from .common import Config, Workspace, interleaved, log, median, ratio
 from .reference_flow import ReferenceDistiller, reference_teacher
 
@@ -76,7 +78,7 @@ class TrtqatStudent:
         self.s_layers = [layers[i] for i in sup]
         self.t_layers = [_layers(teacher)[i] for i in sup]
         if "cl" in levers:
-            self.student.to(memory_format=torch.channels_last)
+            set_memory_format(self.student, torch.channels_last)
         stack.enter_context(qat_mode(self.student))
         self.optimizer = torch.optim.Adam(self.params, lr=1e-5)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -139,7 +141,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
     with contextlib.ExitStack() as stack:
         teacher = copy.deepcopy(model)
         stack.enter_context(quant_disabled(teacher))
-        teacher_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        teacher_cl = set_memory_format(copy.deepcopy(model), torch.channels_last)
         stack.enter_context(quant_disabled(teacher_cl))
         ref = ReferenceDistiller(copy.deepcopy(model), reference_teacher(model))
         stack.callback(ref.close)

@@ -3,8 +3,9 @@
 Security: checkpoints are pickles; loading runs code from the file (``torch.load(weights_only=False)``).
 """
 from .checkpoint import LoadedModel, load_checkpoint
-from .device import to_device
+from .device import set_memory_format, to_device
 from .family import FamilyInfo, detect_family, model_stride
 from .fuse import fuse_model
 
-__all__ = ["LoadedModel", "load_checkpoint", "FamilyInfo", "detect_family", "model_stride", "fuse_model", "to_device"]
+__all__ = ["LoadedModel", "load_checkpoint", "FamilyInfo", "detect_family", "model_stride", "fuse_model",
+           "set_memory_format", "to_device"]

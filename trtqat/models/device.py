@@ -17,10 +17,9 @@ def to_device(model: torch.nn.Module, device: str | torch.device,
     """``model.to(device[, memory_format])`` plus every public plain tensor attribute, or list of tensors,
     of its modules (grids, anchor grids, strides); returns ``model``."""
     dev = torch.device(device)
-    if memory_format is None:
-        model.to(dev)
-    else:
-        model.to(dev, memory_format=memory_format)
+    model.to(dev)
+    if memory_format is not None:
+        set_memory_format(model, memory_format)
     for module in model.modules():
         for name, value in list(vars(module).items()):
             if name.startswith("_"):
@@ -32,3 +31,20 @@ def to_device(model: torch.nn.Module, device: str | torch.device,
                   and any(v.device != dev for v in value)):
                 setattr(module, name, [v.to(dev) for v in value])
     return model
+
+
+def set_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """Lay out every 4-D parameter and buffer in ``memory_format`` (what ``model.to(memory_format=...)``
+    does), without going through ``Module._apply``.
+
+    Why: YOLOv5's Model overrides ``_apply`` to map the same function over its detect head's ``stride`` and
+    grid lists, 1-D or empty tensors, and ``Tensor.to(memory_format=torch.channels_last)`` refuses anything
+    but 4-D: ``model.to(memory_format=torch.channels_last)`` raises on every real YOLOv5 checkpoint.
+    """
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for tensor in store.values():
+                if tensor is not None and tensor.dim() == 4 and not tensor.is_contiguous(memory_format=memory_format):
+                    tensor.data = tensor.data.contiguous(memory_format=memory_format)
+    return model
+

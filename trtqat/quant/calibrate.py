@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..models.device import set_memory_format
 from .amax import histogram_amax
 from .calibrator import FastHistogramCalibrator, release_buffers
 from .modes import calibration_mode
@@ -53,7 +54,7 @@ def collect_statistics(model, batches: Iterable, device: str | torch.device = "c
     """
     n_batches = n_images = 0
     fmt = memory_format or torch.channels_last
-    model.to(memory_format=fmt)
+    set_memory_format(model, fmt)
     try:
         with calibration_mode(model), torch.no_grad():
             for batch in batches:
@@ -65,7 +66,7 @@ def collect_statistics(model, batches: Iterable, device: str | torch.device = "c
                     progress(int(x.shape[0]))
     finally:
         release_buffers()  # the calibrators' shared scratch buffer and tensor cache
-        model.to(memory_format=torch.contiguous_format)
+        set_memory_format(model, torch.contiguous_format)
     return n_batches, n_images
 
 

@@ -23,8 +23,8 @@ Checkpoints, per epoch, all atomic (``<qat>`` is the ``--qat`` path):
 Learning rate: the reference schedule (epochs 0-2: 1e-6, 3-7: 1e-5, 8+: 1e-6) expressed as factors of a
 peak ``lr`` (default 1e-5): ``--lr X`` scales all three phases (X/10, X, X/10).
 
-Multi-GPU: launched with ``torchrun --nproc_per_node N``, each process reads ``RANK``/``LOCAL_RANK``/
-``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own slice of every global batch
+Multi-GPU (:mod:`trtqat.quant.distributed`): launched with ``torchrun --nproc_per_node N``, each process
+reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own slice of every global batch
 (DistributedSampler-style ``[rank::world]``), and only rank 0 scores and writes files.
 """
 from __future__ import annotations
@@ -33,7 +33,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,9 +47,11 @@ from ..errors import InputError, UsageError
 from ..models.device import to_device
 from ._compat import load_quant_state_dict
 from .checkpoint import save_quantized
-from .device import preferred_memory_format, resolve_device
+from .device import preferred_memory_format
+from .distributed import DistEnv, dist_env, setup_device, shard, wrap_ddp  # noqa: F401  (shard: public API)
 from .modes import qat_mode, quant_disabled
 from .quantizers import quantizer_aliases
+from .train_data import TrainImages
 
 log = logging.getLogger(__name__)
 
@@ -106,80 +107,6 @@ def qat_paths(out: str | Path) -> QatPaths:
     """``qat.pt`` -> (``qat.pt``, ``qat.last.pt``, ``qat.state.pt``)."""
     out = Path(out)
     return QatPaths(best=out, last=out.with_name(f"{out.stem}.last.pt"), state=out.with_name(f"{out.stem}.state.pt"))
-
-
-# ---------------------------------------------------------------- distributed launch
-
-@dataclass(frozen=True)
-class DistEnv:
-    """What ``torchrun`` tells this process (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_env(environ: dict | None = None) -> DistEnv:
-    """Parse the torchrun environment; single-process when ``WORLD_SIZE`` is absent or 1."""
-    env = os.environ if environ is None else environ
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise UsageError(f"bad torchrun environment ({exc})", "WORLD_SIZE, RANK and LOCAL_RANK must be integers") from exc
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise UsageError(f"bad torchrun environment: RANK={rank} LOCAL_RANK={local} WORLD_SIZE={world}",
-                         "Launch with torchrun --nproc_per_node N")
-    return DistEnv(rank=rank, local_rank=local, world_size=world)
-
-
-def shard(items: Sequence, env: DistEnv) -> list:
-    """This rank's slice of ``items`` (``items[rank::world]``, DistributedSampler style)."""
-    return list(items[env.rank::env.world_size])
-
-
-# ---------------------------------------------------------------- data
-
-class TrainImages:
-    """Letterboxed training batches, deterministic per (seed, epoch) so a resumed run sees the same data.
-
-    Each epoch draws ``iters`` global batches from fresh permutations of the file list (repeating the
-    list as often as needed) with an optional horizontal flip per image.
-    """
-
-    def __init__(self, files: Sequence[Path], size: int, seed: int = 0, flip: bool = True):
-        if not files:
-            raise InputError("no training images", "Pass --train DIR with images")
-        self.files, self.size, self.seed, self.flip = list(files), size, seed, flip
-
-    def batches(self, epoch: int, iters: int, batch_size: int, env: DistEnv = DistEnv()) -> Iterator[np.ndarray]:
-        from ..data.images import letterbox, read_rgb
-
-        rng = np.random.default_rng([self.seed, epoch])
-        per_global = batch_size * env.world_size
-        need = iters * per_global
-        order = np.concatenate([rng.permutation(len(self.files)) for _ in range(-(-need // len(self.files)))])
-        flips = rng.random(order.size) < 0.5
-        for it in range(iters):
-            window = slice(it * per_global, (it + 1) * per_global)
-            images = []
-            for i, flip in zip(shard(order[window], env), shard(flips[window], env)):
-                img = read_rgb(self.files[int(i)])
-                if img is None:
-                    continue
-                boxed, _ = letterbox(img, self.size)
-                images.append(boxed[:, ::-1] if (flip and self.flip) else boxed)
-            if images:
-                yield np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
 
 # ---------------------------------------------------------------- distillation
@@ -342,7 +269,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     t0 = time.perf_counter()
     env = env or dist_env()
     paths = qat_paths(out)
-    device = _setup_device(cfg, env)
+    device = setup_device(cfg.device, env)
     meta = dict(meta or {})
     state = None
     if resume:
@@ -369,7 +296,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
         scaler.load_state_dict(state["scaler"])
         history, best, start = list(state["history"]), dict(state["best"]), int(state["epoch"]) + 1
         meta = {**state.get("meta", {}), **meta}
-    forward = _wrap_ddp(student, env, device)
+    forward = wrap_ddp(student, env, device)
     s_layers, t_layers = [layers[i] for i in sup], [_layers(teacher)[i] for i in sup]
     data = TrainImages(train_files, cfg.size, seed=cfg.seed, flip=cfg.flip)
     teacher_state = {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
@@ -448,25 +375,3 @@ def _best_student(student, paths: QatPaths, best: dict, history: list, cfg: QatC
 
     obj, _ = torch_load(paths.best, repo)
     return (obj["model"] if isinstance(obj, dict) else obj).float().eval()
-
-
-def _setup_device(cfg: QatConfig, env: DistEnv) -> torch.device:
-    if not env.distributed:
-        return resolve_device(cfg.device)
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
-
-
-def _wrap_ddp(student, env: DistEnv, device: torch.device):
-    if not env.distributed:
-        return student
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)

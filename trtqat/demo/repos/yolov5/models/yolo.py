@@ -179,6 +179,16 @@ class DetectionModel(nn.Module):
     def forward(self, x, augment=False, profile=False, visualize=False):
         return self._forward_once(x)
 
+    def _apply(self, fn, *args, **kwargs):
+        """Like upstream: ``to()``/``cuda()``/``half()`` also reach the head's stride and grid caches, which are
+        plain tensors (so ``model.to(memory_format=channels_last)`` fails on them, as it does upstream)."""
+        self = super()._apply(fn, *args, **kwargs)
+        head = self.model[-1]
+        head.stride = fn(head.stride)
+        head.grid = [fn(g) for g in head.grid]
+        head.anchor_grid = [fn(g) for g in head.anchor_grid]
+        return self
+
     def _forward_once(self, x):
         outputs = []
         for m in self.model:
