@@ -31,6 +31,11 @@ def weight_quantizer(axis: int, num_bits: int = 8) -> TensorQuantizer:
     return TensorQuantizer(QuantDescriptor(num_bits=num_bits, axis=(axis,), calib_method="max"))
 
 
+def quant_bound(q: TensorQuantizer) -> int:
+    """The largest integer level of ``q`` (127 for signed 8-bit): its Q/DQ scale is ``amax / bound``."""
+    return (1 << (q.num_bits - 1 + int(q.unsigned))) - 1
+
+
 def is_weight_quantizer(name: str) -> bool:
     return name.endswith("_weight_quantizer")
 

@@ -37,6 +37,7 @@ from .quantizers import (
     input_quantizer,
     is_weight_quantizer,
     named_quantizers,
+    quant_bound,
     quantizer_aliases,
     set_amax,
     weight_amax,
@@ -166,7 +167,7 @@ def _lean_quantizers(model: torch.nn.Module, acts: list) -> Iterator[None]:
             if "forward" in q.__dict__:
                 continue  # a shared quantizer, seen under another name
             if id(q) in act_ids:
-                bound = (1 << (q.num_bits - 1 + int(q.unsigned))) - 1
+                bound = quant_bound(q)
                 scale, low = float(q._amax) / bound, 0 if q.unsigned else -bound - 1
                 q.forward = (lambda s, lo, hi: lambda x: torch.fake_quantize_per_tensor_affine(x, s, 0, lo, hi))(
                     scale, low, bound)
@@ -184,8 +185,7 @@ def _fingerprint_table(acts: list) -> dict[float, int]:
     scale ``amax / bound`` (bound 127 for signed 8-bit; computed per quantizer for other widths)."""
     table: dict[float, int] = {}
     for k, q in enumerate(acts):
-        bound = (1 << (q.num_bits - 1 + int(q.unsigned))) - 1
-        table.setdefault(float(np.float32((k + 1) / bound)), k)
+        table.setdefault(float(np.float32((k + 1) / quant_bound(q))), k)
     return table
 
 

@@ -200,14 +200,13 @@ def qdq_param_problems(model, onnx_model, *, rtol: float = 1e-6) -> list[str]:
     """
     from onnx import numpy_helper
 
-    from .quantizers import is_weight_quantizer, named_quantizers
+    from .quantizers import is_weight_quantizer, named_quantizers, quant_bound
 
     acts, weights = [], []
     for name, q in named_quantizers(model):
         if q._disabled or getattr(q, "_amax", None) is None:
             continue
-        bound = float((1 << (q.num_bits - 1 + int(q.unsigned))) - 1)
-        amax = q._amax.detach().float().cpu().numpy().ravel() / bound
+        amax = q._amax.detach().float().cpu().numpy().ravel() / float(quant_bound(q))
         (weights if is_weight_quantizer(name) else acts).append((name, amax))
     inits = {i.name: numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in onnx_model.graph.node
