@@ -92,8 +92,8 @@ def num_classes(model) -> int:
 def run_quantize(job: QuantizeJob, *, progress: ProgressFactory = _no_progress,
                  on_epoch: Callable[[dict, bool], None] | None = None) -> QuantizeOutcome:
     """PTQ (unless resuming), QAT when asked, evaluation when ``--val`` is given, summary JSON file."""
+    from .quant.distributed import dist_env
     from .quant.ptq import run_ptq
-    from .quant.qat import dist_env
 
     job.validate()
     env = dist_env()

@@ -7,15 +7,13 @@ from trtqat.demo import fixtures
 from trtqat.errors import InputError, UsageError
 from trtqat.models.checkpoint import torch_load
 from trtqat.quant.checkpoint import amax_table
+from trtqat.quant.distributed import DistEnv, dist_env, shard
 from trtqat.quant.ptq import CalibConfig, run_ptq
 from trtqat.quant.qat import (
-    DistEnv,
     QatConfig,
     capture_outputs,
-    dist_env,
     lr_for_epoch,
     qat_paths,
-    shard,
     sharing_groups,
     supervision_layers,
     train_qat,

@@ -44,7 +44,8 @@ def flat_view(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Scratch:
-    """Reused float32 and int32 buffers, one pair per device, grown as needed."""
+    """Reused buffers, one per (dtype, device), grown as needed: the float32 bin positions and the
+    int16/int32 bin indices of :func:`linear_histogram`, the ``|x|`` of its histc path."""
 
     def __init__(self):
         self.buffers: dict[tuple, torch.Tensor] = {}
@@ -92,7 +93,7 @@ def linear_histogram(x: torch.Tensor, bins: int, top: float, x_max: float,
     return counts[:bins]
 
 
-_pool = None
+_pool: tuple[int, object] | None = None  # (workers, ThreadPoolExecutor), made on first use
 _PARALLEL_MIN = 1 << 20
 
 
@@ -106,12 +107,12 @@ def parallel_bincount(idx: torch.Tensor, length: int) -> torch.Tensor:
     n = idx.numel()
     if k < 2 or n < _PARALLEL_MIN:
         return torch.bincount(idx, minlength=length)
-    if _pool is None or _pool._max_workers != k:
+    if _pool is None or _pool[0] != k:
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(k, thread_name_prefix="trtqat-bincount")
+        _pool = (k, ThreadPoolExecutor(k, thread_name_prefix="trtqat-bincount"))
     parts = [idx[i * n // k:(i + 1) * n // k] for i in range(k)]
-    counts = list(_pool.map(lambda p: torch.bincount(p, minlength=length), parts))
+    counts = list(_pool[1].map(lambda p: torch.bincount(p, minlength=length), parts))
     total = counts[0]
     for c in counts[1:]:
         total += c

@@ -24,8 +24,9 @@ Learning rate: the reference schedule (epochs 0-2: 1e-6, 3-7: 1e-5, 8+: 1e-6) ex
 peak ``lr`` (default 1e-5): ``--lr X`` scales all three phases (X/10, X, X/10).
 
 Multi-GPU (:mod:`trtqat.quant.distributed`): launched with ``torchrun --nproc_per_node N``, each process
-reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own slice of every global batch
-(DistributedSampler-style ``[rank::world]``), and only rank 0 scores and writes files.
+reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own
+slice of every global batch (DistributedSampler-style ``[rank::world]``), and only rank 0 scores and
+writes files.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from ..models.device import to_device
 from ._compat import load_quant_state_dict
 from .checkpoint import save_quantized
 from .device import preferred_memory_format
-from .distributed import DistEnv, dist_env, setup_device, shard, wrap_ddp  # noqa: F401  (shard: public API)
+from .distributed import DistEnv, dist_env, setup_device, wrap_ddp
 from .modes import qat_mode, quant_disabled
 from .quantizers import quantizer_aliases
 from .train_data import TrainImages
