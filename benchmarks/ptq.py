@@ -86,8 +86,7 @@ def _trtqat(spec: dict) -> dict:
     c = res.calib
     return {"seconds": {"total": res.seconds, "collect": c.seconds_collect, "amax": c.seconds_amax,
                         "other": res.seconds - c.seconds_collect - c.seconds_amax},
-            "amax": c.amax, "groups": len(res.groups),
-            "group_members": sorted(sorted(g.members) for g in res.groups)}
+            "amax": c.amax, "groups": len(res.groups)}
 
 
 def _reference(spec: dict) -> dict:
