@@ -286,7 +286,7 @@ def make_corrupt_image(dest: str | os.PathLike, name: str = "corrupt.jpg") -> Pa
 
 def make_coco_json(images: Sequence[str | os.PathLike], dest: str | os.PathLike, *,
                    labels_dir: str | os.PathLike | None = None, nc: int = 80,
-                   category_ids: Sequence[int] | None = None) -> Path:
+                   category_ids: Sequence[int] | None = None, names: Sequence[str] | None = None) -> Path:
     """Write COCO-format ground truth for ``images`` from their YOLO label files.
 
     Image ids are the numeric stems; category ids follow COCO's 91-id numbering when ``nc == 80``
@@ -296,7 +296,8 @@ def make_coco_json(images: Sequence[str | os.PathLike], dest: str | os.PathLike,
 
     if category_ids is None:
         category_ids = COCO80_TO_91 if nc == 80 else tuple(range(1, nc + 1))
-    names = COCO_NAMES if nc == 80 else tuple(f"class{i}" for i in range(nc))
+    if names is None:
+        names = COCO_NAMES if nc == 80 else tuple(f"class{i}" for i in range(nc))
     out = {"images": [], "annotations": [],
            "categories": [{"id": int(category_ids[c]), "name": names[c]} for c in range(nc)]}
     for p in map(Path, images):
