@@ -75,6 +75,10 @@ class QdqBuilder:
                           f"{name}_bn")
         if act == "Relu":
             y = self.node("Relu", [y], f"{name}_relu")
+        elif act == "Relu6":  # torch exports ReLU6 as Clip(0, 6)
+            lo = self.const(f"{name}_clip.min", np.array(0, np.float32))
+            hi = self.const(f"{name}_clip.max", np.array(6, np.float32))
+            y = self.node("Clip", [y, lo, hi], f"{name}_clip")
         elif act == "SiLU":
             s = self.node("Sigmoid", [y], f"{name}_sig")
             y = self.node("Mul", [y, s], f"{name}_silu")
@@ -131,3 +135,114 @@ def resnet18(variant: str, width: int = 8, shared_pairs: bool = False) -> onnx.M
     w = b.weight("fc", (1000, cin))
     y = b.node("Gemm", [xq, w, b.const("fc.bias", np.zeros(1000, np.float32))], "fc", transB=1)
     return b.model([("input.1", [32, 3, 224, 224])], [(y, [32, 1000])])
+
+
+MOBILENET_VARIANTS = ("convonly", "residual")
+#: torchvision MobileNetV2 inverted-residual settings: expansion t, channels c, repeats n, stride s.
+_MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                  (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mobilenetv2(variant: str, width: float = 0.25) -> onnx.ModelProto:
+    """A QAT MobileNetV2 (torchvision layout, ReLU6 as Clip) with the Q/DQ placement of ``variant``.
+
+    Mirrors the TREx MobileNetV2 engines (shared/fixtures/trtexec/trt8.*_titanrtx_mobilenetv2-qat-*):
+    ``convonly`` is pytorch-quantization's default (Q/DQ on Conv/Gemm inputs and weights only);
+    ``residual`` adds a Q/DQ on the identity input of every residual Add (``x + conv(x)``). Conv
+    nodes are named after torchvision's modules (``features.3.conv.2`` = block 3's projection), so
+    an engine layer ``features.3.conv.2.weight + ... + Conv_142 + Add_144`` maps to them by position.
+    ``width`` scales the channel counts (1.0 = torchvision); placement does not depend on it.
+    """
+    assert variant in MOBILENET_VARIANTS
+    b = QdqBuilder()
+
+    def ch(c: int) -> int:
+        return max(4, int(c * width))
+
+    x = b.conv("input1", "features.0.0", 3, ch(32), 3, stride=2, act="Relu6")
+    cin, idx = ch(32), 1
+    for t, c, n, s in _MBV2_SETTINGS:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            cout, hidden = ch(c), ch(32) * t if idx == 1 else cin * t
+            k, y = 0, x
+            if t != 1:
+                y = b.conv(y, f"features.{idx}.conv.0.0", cin, hidden, 1, act="Relu6")
+                k = 1
+            dw = f"features.{idx}.conv.{k}.0" if t != 1 else f"features.{idx}.conv.0.0"
+            y = b.conv(y, dw, hidden, hidden, 3, stride=stride, act="Relu6", group=hidden)
+            y = b.conv(y, f"features.{idx}.conv.{k + 1}", hidden, cout, 1, act=None)
+            if stride == 1 and cin == cout:
+                skip = b.qdq(x, f"features.{idx}.skip") if variant == "residual" else x
+                y = b.node("Add", [skip, y], f"features.{idx}.add")
+            x, cin, idx = y, cout, idx + 1
+    x = b.conv(x, "features.18.0", cin, ch(1280), 1, act="Relu6")
+    x = b.node("GlobalAveragePool", [x], "gap")
+    x = b.node("Flatten", [x], "flatten", axis=1)
+    w = b.weight("classifier.1", (1000, ch(1280)))
+    y = b.node("Gemm", [b.qdq(x, "classifier.1_in"), w, b.const("classifier.1.bias", np.zeros(1000, np.float32))],
+               "classifier.1", transB=1)
+    return b.model([("input1", [1, 3, 224, 224])], [(y, [1, 1000])])
+
+
+#: Keras ResNet50 stacks: bottleneck filters, blocks, first stride.
+_R50_STACKS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+
+def tf_resnet50(width: float = 0.125) -> onnx.ModelProto:
+    """A Keras ResNet50 as NVIDIA tensorflow-quantization + tf2onnx export it (rebuilt, not copied).
+
+    Mirrors shared/fixtures/trtexec/trt8.4_rtx3090_tf-resnet50-qat_best: NHWC input, ZeroPadding
+    (``conv1_pad``) before the input Q/DQ, a Transpose to NCHW, BatchNorm folded into the convs
+    (tf2onnx), ``pool1_pad`` + MaxPool, bottlenecks whose shortcut input of the Add carries its own
+    Q/DQ (the toolkit's ResNet residual case: an equal-scale Q beside the next conv's Q on an
+    identity shortcut), GlobalAveragePool with Q/DQ on its input, Squeeze, a quantized MatMul with a
+    per-channel weight on axis 1 (TF (C, K) layout), bias Add and Softmax. Node names follow the
+    Keras layer names (``conv2_block1_3_conv``).
+    """
+    b = QdqBuilder()
+
+    def ch(c: int) -> int:
+        return max(4, int(c * width))
+
+    def conv(x: str, name: str, cin: int, cout: int, k: int, stride: int = 1, act: bool = True,
+             pads: int | None = None) -> str:
+        xin = b.qdq(x, f"{name}_in")
+        w = b.weight(name, (cout, cin, k, k))
+        bias = b.const(f"{name}.bias", np.zeros(cout, np.float32))
+        p = k // 2 if pads is None else pads
+        y = b.node("Conv", [xin, w, bias], name, kernel_shape=[k, k], strides=[stride, stride], pads=[p] * 4)
+        return b.node("Relu", [y], f"{name}_relu") if act else y
+
+    pad = b.const("conv1_pad.pads", np.array([0, 3, 3, 0, 0, 3, 3, 0], np.int64))
+    x = b.node("Pad", ["input_1", pad], "conv1_pad")
+    x = b.qdq(x, "conv1_in")
+    x = b.node("Transpose", [x], "conv1_in_transpose", perm=[0, 3, 1, 2])
+    w = b.weight("conv1_conv", (ch(64), 3, 7, 7))
+    x = b.node("Conv", [x, w, b.const("conv1_conv.bias", np.zeros(ch(64), np.float32))], "conv1_conv",
+               kernel_shape=[7, 7], strides=[2, 2], pads=[0] * 4)
+    x = b.node("Relu", [x], "conv1_relu")
+    x = b.node("Pad", [x, b.const("pool1_pad.pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "pool1_pad")
+    x = b.node("MaxPool", [x], "pool1_pool", kernel_shape=[3, 3], strides=[2, 2])
+    cin = ch(64)
+    for stack, (f, blocks, stride1) in enumerate(_R50_STACKS, start=2):
+        for i in range(1, blocks + 1):
+            name = f"conv{stack}_block{i}"
+            stride = stride1 if i == 1 else 1
+            if i == 1:
+                shortcut = conv(x, f"{name}_0_conv", cin, ch(4 * f), 1, stride=stride, act=False, pads=0)
+            else:
+                shortcut = x
+            y = conv(x, f"{name}_1_conv", cin, ch(f), 1, stride=stride, pads=0)
+            y = conv(y, f"{name}_2_conv", ch(f), ch(f), 3)
+            y = conv(y, f"{name}_3_conv", ch(f), ch(4 * f), 1, act=False, pads=0)
+            y = b.node("Add", [b.qdq(shortcut, f"{name}_add_shortcut"), y], f"{name}_add")
+            x = b.node("Relu", [y], f"{name}_out")
+            cin = ch(4 * f)
+    x = b.node("GlobalAveragePool", [b.qdq(x, "avg_pool_in")], "avg_pool")
+    x = b.node("Squeeze", [x, b.const("avg_pool_squeeze.axes", np.array([2, 3], np.int64))], "avg_pool_squeeze")
+    w = b.weight("predictions", (cin, 1000), axis=1)
+    y = b.node("MatMul", [b.qdq(x, "predictions_in"), w], "predictions_matmul")
+    y = b.node("Add", [y, b.const("predictions.bias", np.zeros(1000, np.float32))], "predictions_bias")
+    y = b.node("Softmax", [y], "predictions_softmax", axis=1)
+    return b.model([("input_1", [32, 224, 224, 3])], [(y, [32, 1000])])

@@ -202,7 +202,7 @@ def _q_reason(ir: QdqIr, q: IrNode, by_end: dict[str, Group]) -> tuple[str | Non
     if q.requant_of:
         return "LINT006", f"it reads {q.requant_of}, a DequantizeLinear of another scale"
     prod = ir.prod(x)
-    if prod is None:
+    if prod is None or _from_network_input(ir, prod):
         return "LINT001", "the network input is FP32"
     g = by_end.get(x)
     if g is not None and g.out_int8:
@@ -219,6 +219,13 @@ def _q_reason(ir: QdqIr, q: IrNode, by_end: dict[str, Group]) -> tuple[str | Non
     if g.kind == "weighted" and g.residual is not None and g.precision == "INT8":
         return "LINT004", f"{g.name} + its residual Add writes float because the residual {g.residual} is float"
     return "LINT007", f"its producer {g.name} ({g.root.op}) runs in float: {g.why_float}"
+
+
+def _from_network_input(ir: QdqIr, node: IrNode) -> bool:
+    """A data-movement op (Pad, Transpose, ...) reading only network inputs: its output is still "the input"."""
+    idx = ir.data_inputs(node)
+    return (not node.beh.compute and node.beh.commuting and bool(idx)
+            and all(node.inputs[i] in ir.inputs for i in idx))
 
 
 def _dq_reason(ir: QdqIr, d: IrNode, owner: dict[int, Group]) -> tuple[str | None, str]:

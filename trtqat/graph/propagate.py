@@ -11,7 +11,9 @@ shared/reference/trt-qdq-processing.md §4):
   merge  Qs of equal scale on one tensor become one Q ("Q/DQ Limitations").
   P1     a DQ moves forward through a commuting op whose data inputs are all DQs of one scale.
   P2     a Q moves backward through a commuting op when it is the only consumer of the op's output
-         (after merging): the fan-out rule, observed on the TREx ResNet18 MaxPool.
+         (after merging): the fan-out rule, observed on the TREx ResNet18 MaxPool. It does not move
+         onto a network input: it would stay a standalone Reformat there too, and the TF-ResNet50
+         engine keeps the input ``Pad`` in FP32 in front of the input Q.
   P4     DQ(s) -> Q(s) is erased; DQ(s1) -> Q(s2) stays as a requantization.
 """
 from __future__ import annotations
@@ -221,8 +223,8 @@ class QdqIr:
             if x in self.outputs or self.cons(x) != [q]:
                 continue  # fan-out rule: another consumer needs the float tensor
             idx = self.data_inputs(node)
-            if not idx:
-                continue
+            if not idx or all(node.inputs[i] in self.inputs for i in idx):
+                continue  # onto a network input: the Q stays standalone anyway (TF-ResNet50 engine: Pad runs FP32)
             self._unlink(node)
             self._unlink(q)
             for k, i in enumerate(idx):
