@@ -15,8 +15,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from qdq_builders import MOBILENET_VARIANTS, mobilenetv2, tf_resnet50
+from qdq_builders import MOBILENET_VARIANTS, QdqBuilder, mobilenetv2, tf_resnet50
 
+from trtqat.graph.engine_compare import compare_with_engine
 from trtqat.graph.lint import lint_model
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "trtexec"
@@ -158,3 +159,55 @@ def test_tf_resnet50_matches_engine():
     assert {n: (layers[n].precision, layers[n].output) for n in engine} == engine
     assert engine["pool1_pool"] == engine["avg_pool"] == ("INT8", "INT8")
     assert engine["predictions_matmul"] == ("INT8", "float") and engine["predictions_softmax"] == ("float", "float")
+
+
+def _positions_to_names(info: dict) -> dict[str, str]:
+    layers = info["Layers"]
+    out = {}
+    for q in (x for x in layers if _is_engine_q(x)):
+        prod = _producer(layers, q["Inputs"][0]["Name"])
+        out["input" if prod is None else _mbv2_position(prod["Name"])] = q["Name"]
+    return out
+
+
+@pytest.mark.parametrize("trt", ["8.4", "8.2"])
+@pytest.mark.parametrize("variant", MOBILENET_VARIANTS)
+def test_engine_compare_matches_reformat_and_scale_layers(variant, trt):
+    """With the engine's names on our Qs, --engine-layers agrees on every standalone Q (8.2: Scale layers)."""
+    info = _fixture(f"trt{trt}_titanrtx_mobilenetv2-qat-{variant}_best.graph.json")
+    model = mobilenetv2(variant)
+    report = lint_model(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    engine_names = _positions_to_names(info)
+    rename = {}
+    for s in report.standalone:
+        node = producer.get(s.tensor)
+        rename[s.name] = engine_names["input" if node is None else _mbv2_position(node.name)]
+    for n in model.graph.node:
+        n.name = rename.get(n.name, n.name)
+    names = {n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    cmp = compare_with_engine(lint_model(model), info, names)
+    assert cmp.engine_standalone_qdq == MBV2_COUNT[variant]
+    assert sorted(cmp.agree) == sorted(engine_names.values()) and len(cmp.agree) == MBV2_COUNT[variant]
+    assert cmp.predicted_only == cmp.engine_only == cmp.engine_unknown == ()
+
+
+def test_engine_compare_clone_and_merged_names():
+    """A Q split across a Concat's inputs (``_clone_N``) and a Q merged with an equal-scale one both match."""
+    b = QdqBuilder()
+    a = b.conv("x", "ca", 2, 2, 1)
+    c = b.conv("x", "cb", 2, 2, 1)
+    cat = b.node("Concat", [a, c], "cat", axis=1)
+    y = b.conv(cat, "cc", 4, 2, 1)
+    z = b.node("Sigmoid", [a], "float_reader")   # a is also read in float: the copy onto it stays standalone
+    model = b.model([("x", [1, 2, 8, 8])], [(y, [1, 2, 8, 8]), (z, [1, 2, 8, 8])])
+    report = lint_model(model)
+    assert [(s.name, s.tensor) for s in report.standalone] == [("ca_in_q", "x"), ("cc_in_q", "ca_relu_out")]
+    names = {n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    layer = {"LayerType": "Reformat", "Origin": "QDQ"}
+    info = {"Layers": [{**layer, "Name": "cb_in_q"}, {**layer, "Name": "cc_in_q_clone_0"}]}
+    cmp = compare_with_engine(report, info, names)
+    # ca_in_q and cb_in_q read x with one scale: merged, and TensorRT kept the other name.
+    assert cmp.agree == ("ca_in_q", "cc_in_q") and cmp.engine_only == cmp.engine_unknown == ()
+    names_only = compare_with_engine(report, {"Layers": ["cc_in_q_clone_1", "Conv_1"]}, names)
+    assert names_only.agree == ("cc_in_q",) and names_only.engine_standalone_qdq == 1

@@ -1,10 +1,12 @@
 """Compare a lint prediction with a real engine's ``trtexec --exportLayerInfo`` output.
 
 Why: users who have TensorRT can check the prediction (and we can tune the op table) by matching
-engine layers to ONNX nodes by name. TensorRT 8.x names a standalone Q/DQ ``Reformat`` layer
-(``"Origin": "QDQ"``) after its ONNX node, and fused layers join ONNX node names with `` + ``
-(pointwise fusions as ``PWN(...)``). Detailed layer info has dicts; the default (names only) has
-strings, where a standalone Q/DQ shows up as a layer whose whole name is an ONNX Q/DQ node name.
+engine layers to ONNX nodes by name. TensorRT 8.x names a standalone Q/DQ layer after its ONNX node
+(8.4+: ``Reformat`` with ``"Origin": "QDQ"``; 8.2: a ``Scale`` layer; a copy across a Concat's
+inputs: ``<name>_clone_N``; equal-scale Qs merged: one member's name; see :mod:`trtqat.engine_qdq`),
+and fused layers join ONNX node names with `` + `` (pointwise fusions as ``PWN(...)``). Detailed
+layer info has dicts; the default (names only) has strings, where a standalone Q/DQ shows up as a
+layer whose whole name is an ONNX Q/DQ node name (clone suffix aside).
 Only the ``json`` module is needed (trtqat never imports tensorrt).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine_qdq import is_standalone_qdq, onnx_qdq_name
 from ..errors import InputError
 from .lint import LintReport
 
@@ -60,18 +63,23 @@ def load_layer_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def engine_qdq_layers(layers: Iterable[Any], onnx_qdq_names: set[str]) -> tuple[list[str], list[str]]:
-    """Standalone Q/DQ layer names of an engine: (named after an ONNX Q/DQ node, other QDQ-origin)."""
+    """Standalone Q/DQ layers of an engine: (ONNX node names they came from, other QDQ layer names).
+
+    One entry per engine layer: a Q that TensorRT split across a Concat's inputs appears once per
+    ``_clone_N`` copy, under its ONNX name.
+    """
     known, unknown = [], []
     for layer in layers:
         if isinstance(layer, dict):
-            if layer.get("LayerType") != "Reformat" or layer.get("Origin") != "QDQ":
+            if not is_standalone_qdq(layer):
                 continue
             name = str(layer.get("Name", ""))
         else:
             name = str(layer)
-            if name not in onnx_qdq_names:
+            if onnx_qdq_name(name) not in onnx_qdq_names:
                 continue
-        (known if name in onnx_qdq_names else unknown).append(name)
+        base = onnx_qdq_name(name)
+        (known.append(base) if base in onnx_qdq_names else unknown.append(name))
     return known, unknown
 
 
@@ -94,6 +102,7 @@ def compare_with_engine(report: LintReport, layer_info: dict[str, Any], onnx_qdq
     known, unknown = engine_qdq_layers(layers, onnx_qdq_names)
     predicted = {s.name: {s.name, *s.aliases} for s in report.standalone}
     engine = set(known)
+    # A predicted Q agrees with an engine layer named after any of the Qs it was merged with.
     agree = sorted(p for p, names in predicted.items() if names & engine)
     matched = {n for p in agree for n in predicted[p]}
     pred_only = sorted(p for p in predicted if p not in agree)
@@ -102,7 +111,7 @@ def compare_with_engine(report: LintReport, layer_info: dict[str, Any], onnx_qdq
     detailed = any(isinstance(x, dict) for x in layers)
     by_name = {lp.name: lp for lp in report.layers}
     for layer in layers:
-        if not isinstance(layer, dict) or layer.get("LayerType") == "Reformat":
+        if not isinstance(layer, dict) or layer.get("LayerType") == "Reformat" or is_standalone_qdq(layer):
             continue
         eng = _input_precision(layer)
         for tok in _tokens(str(layer.get("Name", ""))):

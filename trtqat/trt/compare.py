@@ -99,7 +99,7 @@ def _node_precisions(plan: EnginePlan) -> dict[str, str | None]:
     """ONNX node -> precision of the (non-reformat) engine layer that computes it."""
     out: dict[str, str | None] = {}
     for layer in plan.layers:
-        if layer.is_reformat:
+        if layer.is_reformat or layer.is_standalone_qdq:
             continue
         for node in layer.onnx_nodes:
             out.setdefault(node, layer.precision)
@@ -110,8 +110,9 @@ def diff_plans(
     a: EnginePlan, b: EnginePlan, *, label_a: str = "a", label_b: str = "b", top: int = 10
 ) -> PlanDiff:
     """Differences that survive renaming: reformat names, per-ONNX-node precision, same-name layer times."""
-    ref_a = {r.name for r in a.reformats}
-    ref_b = {r.name for r in b.reformats}
+    conv_a, conv_b = a.conversions, b.conversions
+    ref_a = {r.name for r in conv_a}
+    ref_b = {r.name for r in conv_b}
     prec_a, prec_b = _node_precisions(a), _node_precisions(b)
     changes = tuple((n, prec_a[n], prec_b[n]) for n in prec_a if n in prec_b and prec_a[n] != prec_b[n])
     names_a = {layer.name: layer for layer in a.layers}
@@ -125,8 +126,8 @@ def diff_plans(
     return PlanDiff(
         label_a,
         label_b,
-        tuple(r.name for r in a.reformats if r.name not in ref_b),
-        tuple(r.name for r in b.reformats if r.name not in ref_a),
+        tuple(r.name for r in conv_a if r.name not in ref_b),
+        tuple(r.name for r in conv_b if r.name not in ref_a),
         changes,
         tuple(timed[:top]),
         sum(1 for n in names_a if n not in names_b),

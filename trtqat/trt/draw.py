@@ -157,8 +157,8 @@ def render_svg(plan: EnginePlan) -> str:
         )
     for box in lay.boxes:
         layer = box.layer
-        stroke = HIGHLIGHT.get(layer.origin or "", "#333333") if layer.is_reformat else "#333333"
-        width = 4 if layer.is_reformat else 1
+        stroke = HIGHLIGHT.get(layer.origin or "", "#333333") if layer.is_reformat or layer.is_standalone_qdq else "#333333"
+        width = 4 if layer.is_reformat or layer.is_standalone_qdq else 1
         tip = "\n".join([layer.name, _caption(layer), "ONNX: " + ", ".join(layer.onnx_nodes)])
         out.append(
             f"<g><title>{escape(tip)}</title>"
@@ -222,7 +222,7 @@ def render_png(plan: EnginePlan, out: Path, dpi: int = 100) -> Path:
         )
     for box in lay.boxes:
         layer = box.layer
-        stroke = HIGHLIGHT.get(layer.origin or "", "#333333") if layer.is_reformat else "#333333"
+        stroke = HIGHLIGHT.get(layer.origin or "", "#333333") if layer.is_reformat or layer.is_standalone_qdq else "#333333"
         ax.add_patch(
             FancyBboxPatch(
                 (box.x, box.y),
@@ -232,7 +232,7 @@ def render_png(plan: EnginePlan, out: Path, dpi: int = 100) -> Path:
                 facecolor=_fill(layer),
                 edgecolor=stroke,
                 alpha=0.9,
-                linewidth=3 if layer.is_reformat else 0.8,
+                linewidth=3 if layer.is_reformat or layer.is_standalone_qdq else 0.8,
             )
         )
         ax.text(box.x + 8, box.y + 16, _short(layer.name), fontsize=8, va="center")

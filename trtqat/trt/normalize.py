@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine_qdq import onnx_qdq_name
 from ..errors import InputError
 
 _LAYER_INFO_HINT = 'Expected the JSON written by trtexec --exportLayerInfo (an object with a "Layers" list)'
@@ -168,7 +169,7 @@ def onnx_nodes_from_name(name: str) -> tuple[str, ...]:
             or part.endswith((".weight", ".bias", "_output", ":0"))
         ):
             continue
-        out.append(part)
+        out.append(onnx_qdq_name(part))  # a Q copied across a Concat's inputs: <onnx name>_clone_N
     return tuple(dict.fromkeys(out))
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine_qdq import is_standalone_qdq, onnx_qdq_name
 from ..errors import InputError
 from . import normalize as norm
 
@@ -57,7 +58,8 @@ class Layer:
             output's for layers without inputs.
         inputs/outputs: :class:`Tensor` records; a residual-fused conv has the residual as ``inputs[1]``.
         origin: ``"QDQ"`` (a Q/DQ TensorRT could not fuse) or ``"REFORMAT"`` (a layout/precision copy)
-            for Reformat layers, else None.
+            for Reformat layers, else None. A TensorRT 8.2 ``Scale`` layer that is a standalone
+            Quantize/Dequantize (no ``Origin`` in the file) is normalized to ``"QDQ"`` too.
         time_ms: average time per inference from the profile, or None without a profile.
         onnx_nodes: ONNX node names behind the layer (10.x ``Metadata``; 8.x parsed from the name).
     """
@@ -77,6 +79,11 @@ class Layer:
     @property
     def is_reformat(self) -> bool:
         return self.type == "Reformat"
+
+    @property
+    def is_standalone_qdq(self) -> bool:
+        """A Q/DQ TensorRT could not fuse: an 8.4+ Reformat/QDQ or an 8.2 Scale-as-Quantize layer."""
+        return self.origin == "QDQ"
 
     @property
     def is_convolution(self) -> bool:
@@ -127,6 +134,11 @@ class EnginePlan:
     @property
     def reformats(self) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if layer.is_reformat)
+
+    @property
+    def conversions(self) -> tuple[Layer, ...]:
+        """Reformat layers plus TensorRT 8.2's Scale-as-Q/DQ layers: every layer that only converts."""
+        return tuple(layer for layer in self.layers if layer.is_reformat or layer.is_standalone_qdq)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -203,7 +215,7 @@ def _layer(raw: Mapping, times: Mapping[str, float]) -> Layer:
         precision=first.precision if first else None,
         inputs=inputs,
         outputs=outputs,
-        origin=raw.get("Origin"),
+        origin="QDQ" if is_standalone_qdq(raw) else raw.get("Origin"),
         time_ms=times.get(name),
         onnx_nodes=norm.onnx_nodes(raw),
         parameter_type=raw.get("ParameterType"),
@@ -254,6 +266,7 @@ class ReformatEntry:
     input_precision: str | None
     output_precision: str | None
     time_ms: float | None
+    layer_type: str = "Reformat"  #: ``Scale`` for a TensorRT 8.2 standalone Quantize
 
     @property
     def kind(self) -> str:
@@ -278,20 +291,25 @@ class ReformatEntry:
             "input_precision": self.input_precision,
             "output_precision": self.output_precision,
             "time_ms": self.time_ms,
+            "layer_type": self.layer_type,
         }
 
 
 def engine_layers_summary(plan: EnginePlan) -> list[ReformatEntry]:
-    """Every Reformat layer (Q/DQ left unfused, or layout copy) in engine order.
+    """Every conversion layer (Q/DQ left unfused, or layout copy) in engine order.
 
     For ``origin == "QDQ"`` the ``name`` is the ONNX Q/DQ node name in TensorRT 8.x (one name survives
-    when equal-scale Qs were merged), so a static predictor can compare node names directly.
+    when equal-scale Qs were merged; a copy across a Concat's inputs adds ``_clone_N``, stripped in
+    ``onnx_nodes``), so a static predictor can compare node names directly. TensorRT 8.2's
+    Scale-as-Quantize layers are included with ``origin == "QDQ"`` and ``layer_type == "Scale"``.
     """
     out = []
-    for layer in plan.reformats:
+    for layer in plan.conversions:
         src = layer.inputs[0] if layer.inputs else None
         dst = layer.outputs[0] if layer.outputs else None
         nodes = layer.onnx_nodes or ((layer.name,) if layer.origin == "QDQ" else ())
+        if layer.origin == "QDQ":
+            nodes = tuple(dict.fromkeys(onnx_qdq_name(n) for n in nodes))
         out.append(
             ReformatEntry(
                 layer.name,
@@ -302,6 +320,7 @@ def engine_layers_summary(plan: EnginePlan) -> list[ReformatEntry]:
                 src.precision if src else None,
                 dst.precision if dst else None,
                 layer.time_ms,
+                layer.type,
             )
         )
     return out
