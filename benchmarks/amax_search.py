@@ -1,4 +1,4 @@
-"""Benchmark 1: amax search, trtqat.quant.amax vs pytorch-quantization 2.1.3, on real calibration histograms.
+"""Benchmark 1: amax search, trtqat.calib.amax vs pytorch-quantization 2.1.3, on real calibration histograms.
 
 The histograms come from a real calibration run of the YOLOv7 fixture (trtqat's collector, same binning as
 pytorch-quantization's ``HistogramCalibrator``). Each method is timed over all activation quantizers of the
@@ -49,7 +49,7 @@ def collect_histograms(ws: Workspace, cfg: Config) -> tuple[list[tuple[str, np.n
 
 
 def _ours(method: str, hists) -> list[float]:
-    from trtqat.quant.amax import histogram_amax
+    from trtqat.calib.amax import histogram_amax
 
     return [histogram_amax(method, c, e) for _, c, e in hists]
 

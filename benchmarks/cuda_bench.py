@@ -46,7 +46,7 @@ def _sync_timed(fn):
 def amax_mse(ws: Workspace, cfg: Config) -> dict:
     from pytorch_quantization.calib import HistogramCalibrator
 
-    from trtqat.quant.amax import mse_amax
+    from trtqat.calib.amax import mse_amax
 
     from .amax_search import collect_histograms
 

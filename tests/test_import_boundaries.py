@@ -3,9 +3,11 @@
 ``trtqat --help``, the ONNX analysis and the trtexec driver have to work on machines without torch,
 TensorRT or a display; torchvision must never be imported at module load (it is broken on CPU-only torch).
 """
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,8 @@ def imported_modules(code: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["trtqat", "trtqat.graph.lint", "trtqat.graph.scale_groups", "trtqat.graph.policy",
-                                    "trtqat.trt.plan", "trtqat.trt.trtexec", "trtqat.trt.report", "trtqat.cli"])
+                                    "trtqat.trt.plan", "trtqat.trt.trtexec", "trtqat.trt.report", "trtqat.cli",
+                                    "trtqat.calib.amax"])
 def test_light_modules_import_no_heavy_dependency(module):
     assert not imported_modules(f"import {module}") & HEAVY
 
@@ -55,3 +58,31 @@ def test_help_mentions_pickle_warning():
     for args in (["--help"], ["quantize", "--help"]):
         out = CliRunner().invoke(main, args).output
         assert "pickle" in out.lower()
+
+
+def _quant_imports() -> dict[str, set[str]]:
+    """quant module -> the quant modules it imports, lazy (function-level) imports included."""
+    root = Path(__file__).resolve().parents[1] / "trtqat" / "quant"
+    out: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trtqat.quant."):
+                deps.add(node.module.split(".")[2])
+        out[path.stem] = deps
+    return out
+
+
+def test_quant_modules_import_no_circle():
+    """ptq <-> share was a circle (ptq applied the rules, share's report prepared a PTQ model): none may return."""
+    graph = _quant_imports()
+    assert "ptq" in graph["rules_report"] and "share" in graph["rules_report"]
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(d == goal or (d not in seen and not seen.add(d) and reaches(d, goal, seen))
+                   for d in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m, set()))
+    assert circles == [], circles

@@ -56,7 +56,7 @@ def test_reference_cuda_mse_matches_trtqat_mse():
     within one histogram bin on a skewed histogram."""
     from pytorch_quantization.calib import HistogramCalibrator
 
-    from trtqat.quant.amax import mse_amax
+    from trtqat.calib.amax import mse_amax
 
     torch.manual_seed(2)
     cal = HistogramCalibrator(8, None, False, torch_hist=True)

@@ -5,7 +5,7 @@ import torch
 from pytorch_quantization.calib import histogram as ref
 from pytorch_quantization.tensor_quant import fake_tensor_quant
 
-from trtqat.quant.amax import entropy_amax, histogram_amax, mse_amax, percentile_amax
+from trtqat.calib.amax import entropy_amax, histogram_amax, mse_amax, percentile_amax
 from trtqat.quant.calibrator import FastHistogramCalibrator
 
 

@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 from pytorch_quantization import nn as qnn
 
+from trtqat.calib.amax import mse_amax
 from trtqat.cli import main
 from trtqat.demo import fixtures
 from trtqat.quant import modes
 from trtqat.quant._compat import load_quant_state_dict
-from trtqat.quant.amax import mse_amax
 from trtqat.quant.ptq import CalibConfig, QuantConfig, run_ptq
 from trtqat.quant.quantizers import named_quantizers
 from trtqat.quant.replace import replace_modules

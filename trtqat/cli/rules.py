@@ -37,7 +37,7 @@ def rules(ckpt, repo, rules_file, size, ignore, list_rules, as_json):
         return _list(rules_file, as_json)
     if ckpt is None:
         raise UsageError("missing argument CKPT", "Pass a checkpoint, or --list to list the rules")
-    from ..quant.share import rules_report
+    from ..quant.rules_report import rules_report
 
     report = rules_report(ckpt, repo=repo, rules_file=rules_file, size=size, ignore=tuple(ignore))
     if as_json:

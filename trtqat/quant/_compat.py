@@ -4,7 +4,7 @@
   missing ``_amax`` buffer with ``state_dict[...].data.cuda()``: loading a calibrated state dict into a
   freshly replaced model fails on a CPU-only machine. :func:`load_quant_state_dict` creates every
   ``_amax`` buffer first (with the right shape, on the quantizer's device), so that branch is never taken.
-- ``calib/histogram.py:_compute_amax_mse`` calls ``.cuda()``: trtqat never calls it; see ``quant/amax.py``.
+- ``calib/histogram.py:_compute_amax_mse`` calls ``.cuda()``: trtqat never calls it; see ``calib/amax.py``.
 - absl logging of pytorch-quantization is noisy at INFO: :func:`quiet_absl` lowers it to ERROR.
 """
 from __future__ import annotations

@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ..calib.amax import histogram_amax
 from ..errors import InputError
 from ..models.device import set_memory_format
-from .amax import histogram_amax
 from .calibrator import FastHistogramCalibrator, release_buffers
 from .modes import calibration_mode
 from .quantizers import is_weight_quantizer, named_quantizers, set_amax, weight_amax

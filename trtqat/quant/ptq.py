@@ -12,14 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..calib.amax import METHODS
 from ..errors import UsageError
 from ..models import LoadedModel, fuse_model, load_checkpoint, model_stride, to_device
 from ._compat import quiet_absl
-from .amax import METHODS
 from .calibrate import CalibResult, calibrate
 from .checkpoint import save_quantized
 from .device import resolve_device
 from .replace import ReplaceReport, replace_modules
+from .share import apply_rules, converted_modules, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig,
     Returns (model, replace report, applied groups, ignore patterns).
     """
     import dataclasses
-
-    from .share import apply_rules, converted_modules, load_policy
 
     quiet_absl()
     model = fuse_model(loaded.model)

@@ -16,7 +16,6 @@ sharing survives QAT and pickling (one amax, one scale in the exported ONNX).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -313,33 +312,3 @@ def apply_rules(model: torch.nn.Module, policy: Policy, *, size: int = 640) -> l
 def converted_modules(groups: list[Group]) -> list[str]:
     """Float layers that a quantize-input fan-out rule gave an INT8 input (no longer ignored)."""
     return [m for g in groups for m in g.converted]
-
-
-def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file: Path | None = None,
-                 size: int = 640, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What ``trtqat rules`` prints: the groups a PTQ run would apply to ``ckpt``, the ignore policy.
-
-    The checkpoint is loaded and quantized in memory only. For a trtqat PTQ/QAT checkpoint the groups
-    stored in its metadata are returned (its quantizers are shared already).
-    """
-    from ..models import load_checkpoint
-    from .ptq import QuantConfig, check_size, prepare_quantized
-
-    loaded = load_checkpoint(ckpt, repo)
-    check_size(size, loaded.model)
-    if loaded.extra:
-        meta = loaded.extra
-        return {"family": loaded.family.name, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
-                "fanouts": [], "ignored": [], "ignore_policy": list(meta.get("ignore", [])), "converted": [],
-                "fanout_mode": "", "fanout_why": "", "stored": True}
-    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, use_rules=False)
-    model, replaced, _, patterns = prepare_quantized(loaded, qconf, size)
-    policy = load_policy(loaded.family, rules_file)
-    policy = dataclasses.replace(policy, ignore=policy.ignore + tuple(ignore))  # explicit: never converted
-    result = discover(model, policy, size=size)
-    converted = converted_modules(result.groups)
-    fanout = policy.active("float-fanout")
-    return {"family": loaded.family.name, "policy": list(policy.sources), **result.to_dict(),
-            "ignored": [m for m in replaced.ignored if m not in converted], "ignore_policy": list(patterns),
-            "converted": converted, "fanout_mode": policy.fanout_mode(),
-            "fanout_why": fanout[0].why if fanout else "", "stored": False}

@@ -1,0 +1,42 @@
+"""What ``trtqat rules`` reports for a checkpoint: the groups a PTQ run would apply, the ignore policy.
+
+Why its own module: it needs both the PTQ preparation (:mod:`.ptq`: fuse, replace, ignore policy) and the
+discovery (:mod:`.share`), while :mod:`.ptq` itself applies the rules through :mod:`.share`. Kept in
+``share.py`` it made ``ptq`` and ``share`` import each other; here both are imported, neither imports it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..models import load_checkpoint
+from .ptq import QuantConfig, check_size, prepare_quantized
+from .share import converted_modules, discover, load_policy
+
+
+def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file: Path | None = None,
+                 size: int = 640, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What ``trtqat rules`` prints: the groups a PTQ run would apply to ``ckpt``, the ignore policy.
+
+    The checkpoint is loaded and quantized in memory only. For a trtqat PTQ/QAT checkpoint the groups
+    stored in its metadata are returned (its quantizers are shared already).
+    """
+    loaded = load_checkpoint(ckpt, repo)
+    check_size(size, loaded.model)
+    if loaded.extra:
+        meta = loaded.extra
+        return {"family": loaded.family.name, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
+                "fanouts": [], "ignored": [], "ignore_policy": list(meta.get("ignore", [])), "converted": [],
+                "fanout_mode": "", "fanout_why": "", "stored": True}
+    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, use_rules=False)
+    model, replaced, _, patterns = prepare_quantized(loaded, qconf, size)
+    policy = load_policy(loaded.family, rules_file)
+    policy = dataclasses.replace(policy, ignore=policy.ignore + tuple(ignore))  # explicit: never converted
+    result = discover(model, policy, size=size)
+    converted = converted_modules(result.groups)
+    fanout = policy.active("float-fanout")
+    return {"family": loaded.family.name, "policy": list(policy.sources), **result.to_dict(),
+            "ignored": [m for m in replaced.ignored if m not in converted], "ignore_policy": list(patterns),
+            "converted": converted, "fanout_mode": policy.fanout_mode(),
+            "fanout_why": fanout[0].why if fanout else "", "stored": False}
