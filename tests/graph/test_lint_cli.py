@@ -33,17 +33,61 @@ def test_json_schema(residual_onnx):
     s = data["summary"]
     assert s["standalone_qdq"] == 3 and s["compute_layers"] == 23 and s["int8_share"] == pytest.approx(22 / 23, abs=1e-4)
     assert {"int8_share_macs", "precision_boundaries", "trt_version"} <= set(s)
+    assert s["standalone_by_rule"] == {"LINT001": 1, "LINT005": 1, "LINT007": 1} and s["refused"] is False
     conv1 = data["layers"][0]
     assert conv1["name"] == "conv1" and conv1["precision"] == "INT8" and "conv1_relu" in conv1["fused"]
     assert {f["rule_id"] for f in data["findings"]} == {"LINT001", "LINT005", "LINT007"}
     assert set(data["findings"][0]) == {"rule_id", "severity", "nodes", "hazard", "mitigation", "help"}
 
 
-def test_table_output(residual_onnx):
+def test_table_output_leads_with_the_verdict(residual_onnx):
     r = _run("lint", residual_onnx)
     assert r.exit_code == 0
-    assert "b8_skip_dq" in r.stdout and "LINT005" in r.stdout
-    assert "3 standalone Q/DQ" in r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("lint (TensorRT 10): 2 avoidable standalone Q/DQ + 1 network-input Quantize; "
+                               "INT8 22/23 compute layers (96%, 100% of MACs); 2 precision boundaries")
+    assert lines[1].startswith("standalone Q/DQ by reason")
+    rows = {ln.split("│")[1].strip(): ln.split("│")[2].strip() for ln in lines if ln.startswith("│ LINT")}
+    assert rows == {"LINT001": "1", "LINT005": "1", "LINT007": "1"}
+    assert "b8_skip_dq" in r.stdout
+    assert "compute layers running in float" not in r.stdout and "why float" not in r.stdout  # --verbose only
+
+
+def test_verbose_and_all_layers_add_per_node_tables(residual_onnx):
+    r = _run("lint", residual_onnx, "--verbose")
+    assert "standalone Q/DQ (Reformat layers)" in r.stdout and "compute layers running in float" in r.stdout
+    assert "the residual Add fused into b8_conv2 must read float" in r.stdout
+    r = _run("lint", residual_onnx, "--all-layers")
+    assert "compute layers" in r.stdout and "│ b4_conv1 " in r.stdout   # INT8 layers listed too
+
+
+def test_long_network_prints_grouped_counts_not_one_row_per_node(tmp_path):
+    from qdq_builders import mobilenetv2
+    path = tmp_path / "mbv2.onnx"
+    onnx.save(mobilenetv2("convonly"), path)
+    r = _run("lint", path)
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("lint (TensorRT 10): 16 avoidable standalone Q/DQ + 1 network-input Quantize")
+    counts = {ln.split("│")[1].strip(): int(ln.split("│")[2]) for ln in lines if ln.startswith("│ LINT")}
+    assert counts == {"LINT001": 1, "LINT003": 10, "LINT004": 5, "LINT007": 1}
+    assert "(+7 more)" in r.stdout and len(lines) < 20
+    assert len(_run("lint", path, "-v").stdout.splitlines()) > 40
+
+
+def test_refused_model_exits_1_with_parse_findings(tmp_path):
+    from test_parser_checks import _fp16_scale_model
+    path = tmp_path / "bad_types.onnx"
+    onnx.save(_fp16_scale_model(), path)
+    r = _run("lint", path)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[0] == ("lint (TensorRT 10): no prediction: the TensorRT parser would reject "
+                                        "the model (PARSE010, PARSE011)")
+    assert "PARSE010" in r.stdout
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: TensorRT's parser would reject")
+    data = json.loads(_run("lint", path, "--json").stdout)
+    assert data["summary"]["refused"] is True and data["summary"]["standalone_qdq"] is None
 
 
 def test_max_reformats_gate(residual_onnx):

@@ -108,3 +108,101 @@ def test_expected_weight_axis_table():
     assert expected_weight_axis(Node("Gemm"), 1) == 1
     assert expected_weight_axis(Node("Conv"), 0) is None
     assert helper.make_node("Conv", ["a", "b"], ["c"]) is not None
+
+
+def _fp16_scale_model(opset: int = 19):
+    """A Q with an FP32 input and an FP16 scale: invalid ONNX, refused by the TensorRT parser."""
+    b = QdqBuilder()
+    s = b.const("s16", np.array(0.01, np.float16))
+    z = b.const("z", np.array(0, np.int8))
+    q = b.node("QuantizeLinear", ["x", s, z], "q")
+    y = b.node("DequantizeLinear", [q, s, z], "dq")
+    return b.model([("x", [1, 2, 4, 4])], [(y, [1, 2, 4, 4])], opset=opset, check=False)
+
+
+def test_qdq_input_and_scale_types_differ_is_refused():
+    from trtqat.graph.lint import lint_model
+    from trtqat.graph.parser_checks import REFUSING_RULES
+
+    model = _fp16_scale_model()
+    # The Q reads FP32 with an FP16 scale; the DQ is declared to write FP32 with the same FP16 scale.
+    assert [(f.rule_id, f.nodes) for f in check_parser(graph_from_model(model))] == [
+        ("PARSE010", ("q",)), ("PARSE010", ("dq",))]
+    report = lint_model(model)
+    assert report.refused and report.summary["refused_by"] == ["PARSE010", "PARSE011"]
+    assert report.summary["standalone_qdq"] is None and report.layers == () and report.standalone == ()
+    assert {f.rule_id for f in report.findings} >= {"PARSE010", "PARSE011"} and "PARSE010" in REFUSING_RULES
+
+
+def test_checker_full_check_rejection_is_refused():
+    from trtqat.graph.lint import lint_model
+
+    b = QdqBuilder()
+    y = b.node("Relu", ["x"], "relu")
+    model = b.model([("x", [1, 2])], [(y, [1, 3])], check=False)   # declared output shape contradicts the input
+    report = lint_model(model)
+    assert report.refused and report.summary["refused_by"] == ["PARSE011"]
+    f = next(f for f in report.findings if f.rule_id == "PARSE011")
+    assert f.severity == "error" and "onnx.checker rejects the model" in f.hazard
+
+
+def _cast_model(to: int):
+    b = QdqBuilder()
+    x = b.qdq("x", "in")
+    c = b.node("Cast", [x], "cast", to=to)
+    w = b.weight("conv", (2, 2, 1, 1))
+    y = b.node("Conv", [c, w], "conv", kernel_shape=[1, 1])
+    return b.model([("x", [1, 2, 4, 4])], [(y, [1, 2, 4, 4])])
+
+
+def test_noop_cast_is_reported_and_blocks_fusion_conservatively():
+    from onnx import TensorProto
+
+    from trtqat.graph.lint import lint_model
+
+    report = lint_model(_cast_model(TensorProto.FLOAT))
+    cast = [f for f in report.findings if f.rule_id == "PARSE012"]
+    assert [(f.nodes, f.severity) for f in cast] == [(("cast",), "warning")]
+    assert not report.refused
+    # Conservative (no source says TensorRT drops a same-type Cast first): the DQ cannot reach the conv.
+    assert {s.name: s.rule_id for s in report.standalone} == {"in_q": "LINT001", "in_dq": "LINT002"}
+    assert {x.name: x.precision for x in report.layers} == {"conv": "float"}
+    from trtqat.graph.optable import behaviour
+    assert "conservative" in behaviour("Cast").source
+
+
+def test_real_cast_is_not_a_finding():
+    from onnx import TensorProto
+    b = QdqBuilder()
+    y = b.node("Cast", ["x"], "cast", to=TensorProto.FLOAT16)
+    model = b.model([("x", [1, 2])], [(y, None)], check=False)
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    assert "PARSE012" not in _rules(model)
+
+
+def test_batchnorm_params_through_identity_stay_a_float_layer():
+    """TensorRT 8.5 did not fold a BatchNorm whose parameters come through an Identity of a shared constant."""
+    from trtqat.graph.lint import lint_model
+
+    def model(identity: bool):
+        b = QdqBuilder()
+        y = b.conv("x", "c1", 2, 2, 1, bn=False, act=None)
+        ones = b.const("shared_ones", np.ones(2, np.float32))
+        zeros = b.const("shared_zeros", np.zeros(2, np.float32))
+        if identity:
+            ones, zeros = b.node("Identity", [ones], "id_ones"), b.node("Identity", [zeros], "id_zeros")
+        y = b.node("BatchNormalization", [y, ones, zeros, zeros, ones], "bn")
+        y = b.node("Relu", [y], "relu")
+        y = b.conv(y, "c2", 2, 2, 1, act=None)
+        return b.model([("x", [1, 2, 4, 4])], [(y, [1, 2, 4, 4])])
+
+    folded = lint_model(model(False))
+    assert [s.name for s in folded.standalone] == ["c1_in_q"]
+    assert "bn" in {x.name: x for x in folded.layers}["c1"].fused
+    kept = lint_model(model(True))
+    layers = {x.name: x for x in kept.layers}
+    assert layers["bn"].precision == "float" and "relu" in layers["bn"].fused
+    assert "non-initializer" in layers["bn"].why_float
+    assert layers["c1"].precision == "INT8" and layers["c1"].output == "float"   # int8-in/float-out, free
+    assert {s.name: s.rule_id for s in kept.standalone} == {"c1_in_q": "LINT001", "c2_in_q": "LINT007"}
+    assert [f.nodes for f in kept.findings if f.rule_id == "LINT009"] == [("bn",)]

@@ -163,7 +163,9 @@ def _assign_precision(ir: QdqIr, g: Group) -> None:
             g.precision, g.out_int8 = "INT8", True
             g.int8_inputs.update(root.inputs[i] for i in idx)
         return
-    if g.kind in ("commuting", "shape"):
+    if root.why_float:
+        g.why_float = root.why_float
+    elif g.kind in ("commuting", "shape"):
         g.why_float = "no Q/DQ could be propagated across it"
     else:
         g.why_float = f"TensorRT has no INT8 {root.op} in explicit quantization"

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from .findings import Finding, sort_findings
 from .fusion import Group, form_groups
 from .optable import DEFAULT_VERSION, VERSION_INFO, check_version
-from .parser_checks import check_parser
+from .parser_checks import REFUSING_RULES, check_model_proto, check_parser
 from .propagate import IrNode, QdqIr
 from .qdq import graph_from_model, load_model
 
@@ -72,12 +72,21 @@ class StandaloneQdq:
 
 @dataclass(frozen=True)
 class LintReport:
-    """What ``trtqat lint`` reports; ``to_dict`` is the ``--json`` schema."""
+    """What ``trtqat lint`` reports; ``to_dict`` is the ``--json`` schema.
+
+    ``refused`` is True when a parser finding (:data:`~.parser_checks.REFUSING_RULES`) means TensorRT
+    would not import the model: then ``layers`` and ``standalone`` are empty and the summary's counts
+    are None (no prediction, not a prediction of zero).
+    """
 
     summary: dict[str, Any]
     layers: tuple[LayerPrediction, ...]
     standalone: tuple[StandaloneQdq, ...]
     findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.summary.get("refused"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": dict(self.summary), "layers": [x.to_dict() for x in self.layers],
@@ -102,7 +111,32 @@ RULES: dict[str, tuple[str, str, str]] = {
     "LINT007": ("warning", "{node} stays standalone: {why}",
                 "Quantize the producer's inputs, or drop this Q/DQ if the op must stay float"),
     "LINT008": ("info", "{node}: {why}", "Nothing to do if intended"),
+    "LINT009": ("warning", "{node} runs as its own float layer: {why}",
+                "Fold constants before export (do_constant_folding=True, onnxslim) so BatchNorm's parameters "
+                "are initializers"),
 }
+
+
+#: one line per rule for grouped output ("standalone Q/DQ by reason").
+RULE_TITLES: dict[str, str] = {
+    "LINT001": "network-input Quantize (always a Reformat; expected)",
+    "LINT002": "DQ read by a float consumer",
+    "LINT003": "Q whose tensor is also read in float (or by a Q of another scale)",
+    "LINT004": "Q after a conv+Add that writes float because the residual is float",
+    "LINT005": "residual DQ before a conv+Add that must write float",
+    "LINT006": "requantization DQ(s1) -> Q(s2)",
+    "LINT007": "Q after a layer that runs in float",
+    "LINT008": "Q/DQ pair folded: the conv writes float (heuristic)",
+    "LINT009": "BatchNorm kept as its own float layer",
+}
+
+
+def standalone_by_rule(standalone: tuple[StandaloneQdq, ...] | list[StandaloneQdq]) -> dict[str, list[str]]:
+    """Rule id -> names of the standalone Q/DQ it explains (rules in id order, nodes in graph order)."""
+    out: dict[str, list[str]] = {}
+    for s in standalone:
+        out.setdefault(s.rule_id, []).append(s.name)
+    return dict(sorted(out.items()))
 
 
 def _finding(rule_id: str, nodes: list[str], why: str = "") -> Finding:
@@ -123,25 +157,48 @@ def lint_model(model: onnx.ModelProto, *, trt_version: str = DEFAULT_VERSION, la
                ) -> LintReport:
     """Predict TensorRT's processing of the Q/DQ nodes of ``model`` (shape inference is best effort)."""
     check_version(trt_version)
+    checker = check_model_proto(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - shapes only feed MAC counts and broadcast checks
         log.info("shape inference failed (%s); MACs count unknown dims as 1", exc)
-    return lint_graph(graph_from_model(model, label), trt_version=trt_version)
+    return lint_graph(graph_from_model(model, label), trt_version=trt_version, extra_findings=checker)
 
 
-def lint_graph(graph: gs.Graph, *, trt_version: str = DEFAULT_VERSION) -> LintReport:
-    """Predict TensorRT's processing of the Q/DQ nodes of ``graph`` (not modified)."""
+def lint_graph(graph: gs.Graph, *, trt_version: str = DEFAULT_VERSION,
+               extra_findings: list[Finding] | tuple[Finding, ...] = ()) -> LintReport:
+    """Predict TensorRT's processing of the Q/DQ nodes of ``graph`` (not modified).
+
+    ``extra_findings`` (e.g. :func:`~.parser_checks.check_model_proto` on the ModelProto) join the
+    parser findings; a refusing one stops the prediction (see :attr:`LintReport.refused`).
+    """
     check_version(trt_version)
-    findings = list(check_parser(graph))
+    findings = [*extra_findings, *check_parser(graph)]
+    refusing = [f for f in findings if f.rule_id in REFUSING_RULES]
+    if refusing:
+        return _refused(findings, refusing, trt_version)
     ir = QdqIr(graph, trt_version)
     ir.propagate()
     groups = form_groups(ir)
     _fold_float_pairs(ir, groups, findings)
     standalone = _standalone(ir, groups, findings)
     layers = tuple(_layer(ir, g) for g in groups if g.root.beh.compute)
+    findings += [_finding("LINT009", [n.name], n.why_float) for n in ir.nodes if n.op == "BatchNormalization"
+                 and n.why_float]
     summary = _summary(ir, groups, layers, standalone, trt_version)
     return LintReport(summary, layers, tuple(standalone), tuple(sort_findings(findings)))
+
+
+_COUNT_KEYS = ("standalone_qdq", "standalone_q", "standalone_dq", "compute_layers", "int8_layers", "int8_share",
+               "int8_share_macs", "macs", "precision_boundaries", "standalone_by_rule")
+
+
+def _refused(findings: list[Finding], refusing: list[Finding], version: str) -> LintReport:
+    """No prediction: TensorRT's parser would reject the model (the counts are None, not 0)."""
+    summary: dict[str, Any] = {"trt_version": version, "float_precision": VERSION_INFO[version].float_precision,
+                               **dict.fromkeys(_COUNT_KEYS), "refused": True,
+                               "refused_by": sorted({f.rule_id for f in refusing})}
+    return LintReport(summary, (), (), tuple(sort_findings(findings)))
 
 
 def _group_of(groups: list[Group]) -> dict[str, Group]:
@@ -294,6 +351,8 @@ def _summary(ir: QdqIr, groups: list[Group], layers: tuple[LayerPrediction, ...]
         "int8_share_macs": round(macs_int8 / macs, 4) if macs else 0.0,
         "macs": macs,
         "precision_boundaries": _boundaries(ir, groups),
+        "standalone_by_rule": {k: len(v) for k, v in standalone_by_rule(standalone).items()},
+        "refused": False,
     }
 
 

@@ -150,10 +150,17 @@ _ENTRIES: tuple[OpBehaviour, ...] = (
     _pw("Tanh"), _pw("HardSigmoid"), _pw("HardSwish"), _pw("Elu"), _pw("Selu"), _pw("Softplus"),
     _pw("PRelu"), _pw("Mish", confidence="heur"),
     _pw("Gelu", confidence="heur", source="DOC-FUS: GELU fusion needs Turing+ and equal in/out precision"),
-    _pw("BatchNormalization", source="DOC-FUS: BatchNorm folded into the preceding conv"),
+    _pw("BatchNormalization", source="DOC-FUS: BatchNorm folded into the preceding conv, when its parameters "
+                                     "are initializers; through other nodes (an Identity of a shared constant) "
+                                     "it is not folded and runs as its own float layer (seen on TensorRT 8.5)"),
     # Not tensor computations at all.
     _nofloat("Constant"), _nofloat("Shape"), _nofloat("ConstantOfShape"), _nofloat("Range"),
-    _nofloat("Cast"), _nofloat("Size"),
+    _nofloat("Size"),
+    OpBehaviour("Cast", compute=False, confidence="heur",
+                source="onnx-tensorrt imports Cast as IIdentityLayer with an output type (8.x) or ICastLayer "
+                       "(10.x), also when the type does not change; no source says whether TensorRT removes a "
+                       "same-type cast before Q/DQ propagation, so lint keeps the conservative choice: a float "
+                       "layer that no Q/DQ moves across (a no-op Cast is reported as PARSE012)"),
 )
 
 #: op type -> behaviour (default TensorRT version; see :func:`behaviour` for others).

@@ -10,17 +10,33 @@ with an opaque "Assertion failed" from the parser. Each check cites its source:
   - the ``axis`` attribute (so per-channel) exists from opset 13 (ONNX operator changelog);
   - an Identity between a constant and a Q/DQ scale/zero-point input is not a constant to the
     TensorRT 8.x parser (seen in exports without constant folding);
-  - QOperator ops (QLinearConv, ...) are not supported (onnx-tensorrt operators.md).
+  - QOperator ops (QLinearConv, ...) are not supported (onnx-tensorrt operators.md);
+  - a QuantizeLinear's input and its scale share one float type, and a DequantizeLinear's output has
+    the scale's type (ONNX operator spec, type constraint T1/T2; an FP32 input with an FP16 scale is
+    an invalid model that the parser rejects);
+  - anything ``onnx.checker.check_model(full_check=True)`` rejects (the parser runs on a valid
+    model only);
+  - a Cast to the dtype its input already has: onnx-tensorrt imports it as a layer anyway
+    (IIdentityLayer with an output type in 8.x, ICastLayer in 10.x, builtin_op_importers.cpp).
+
+:data:`REFUSING_RULES` are the findings after which a Q/DQ prediction means nothing (the parser
+would stop): ``trtqat lint`` reports them and exits 1 instead of predicting.
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .findings import Finding
 from .qdq import constant_value, is_weight_qdq, opset_of, qdq_nodes, read_qparams
 
 _HELP_QDQ = "onnx-tensorrt docs/operators.md (QuantizeLinear/DequantizeLinear); IQuantizeLayer API docs"
+#: findings that make TensorRT's parser refuse the model: no prediction is made after them.
+REFUSING_RULES = frozenset({"PARSE010", "PARSE011"})
+_HELP_ONNX = "ONNX operator spec (QuantizeLinear/DequantizeLinear type constraints); onnx.checker full check"
+_HELP_CAST = ("onnx-tensorrt builtin_op_importers.cpp (Cast -> IIdentityLayer/ICastLayer); no TensorRT source "
+              "says whether a same-type cast is removed before Q/DQ propagation")
 _QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul")
 
 
@@ -70,7 +86,72 @@ def check_parser(graph: gs.Graph) -> list[Finding]:
                                "Export Q/DQ (QuantizeLinear/DequantizeLinear) format instead"))
     for n in qdq_nodes(graph):
         findings += _check_node(n, opset)
+        findings += _check_types(n)
+    findings += [_noop_cast_finding(n) for n in graph.nodes if is_noop_cast(n)]
     return findings
+
+
+def check_model_proto(model: onnx.ModelProto) -> list[Finding]:
+    """PARSE011 when ``onnx.checker``'s full check (with strict shape inference) rejects ``model``."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [_f("PARSE011", "model", f"onnx.checker rejects the model: {first}",
+                   "Fix the export (the TensorRT parser needs a valid ONNX model); run onnx.checker.check_model("
+                   "model, full_check=True) to see every problem", help_=_HELP_ONNX)]
+    except ValueError as exc:  # e.g. a model over 2 GB given as a proto: the full check needs the file
+        return [_f("PARSE011", "model", f"onnx.checker could not check the model: {exc}",
+                   "Check the saved file with onnx.checker.check_model(path, full_check=True)",
+                   severity="warning", help_=_HELP_ONNX)]
+    return []
+
+
+def _dtype(t: gs.Tensor | None) -> np.dtype | None:
+    if t is None:
+        return None
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values).dtype
+    value = constant_value(t, through_identity=True)
+    if value is not None:
+        return value.dtype
+    try:
+        return np.dtype(t.dtype) if t.dtype is not None else None
+    except TypeError:
+        return None
+
+
+def _check_types(n: gs.Node) -> list[Finding]:
+    """PARSE010: Q input (DQ output) type differs from the scale type."""
+    scale = _dtype(n.inputs[1]) if len(n.inputs) > 1 else None
+    data = n.inputs[0] if n.op == "QuantizeLinear" else (n.outputs[0] if n.outputs else None)
+    other = _dtype(data)
+    if scale is None or other is None or scale.kind != "f" or other.kind != "f" or scale == other:
+        return []
+    what = "input" if n.op == "QuantizeLinear" else "output"
+    return [_f("PARSE010", n.name, f"{n.name} has a {other} {what} but a {scale} scale: ONNX requires one type, "
+               "and the TensorRT parser rejects the model",
+               f"Give the scale the {what}'s type ({other}), or cast the {what} (opset 19+ for float16 Q/DQ)",
+               help_=_HELP_ONNX)]
+
+
+def is_noop_cast(n: gs.Node) -> bool:
+    """A Cast whose ``to`` is the dtype its input already has (known from shape inference)."""
+    if n.op != "Cast" or not n.inputs or "to" not in n.attrs:
+        return False
+    src = _dtype(n.inputs[0])
+    try:
+        dst = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(n.attrs["to"])))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return src is not None and src == dst
+
+
+def _noop_cast_finding(n: gs.Node) -> Finding:
+    return _f("PARSE012", n.name, f"{n.name} casts {_dtype(n.inputs[0])} to the same type: TensorRT still imports "
+              "it as a layer, and lint treats it as a float layer that blocks Q/DQ propagation (conservative: no "
+              "source says TensorRT removes it first)",
+              "Remove no-op Casts (onnx-graphsurgeon cleanup, onnxslim)", severity="warning", help_=_HELP_CAST)
 
 
 def _check_node(n: gs.Node, opset: int) -> list[Finding]:

@@ -18,6 +18,7 @@ shared/reference/trt-qdq-processing.md §4):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ class IrNode:
     int8: bool = False                 # a commuting op that Q/DQ moved across
     requant_of: str | None = None      # Q fed by a DQ of another scale
     moved: bool = False                # a Q/DQ copy created by P1/P2
+    why_float: str = ""                # why TensorRT keeps this op as its own float layer (set on import)
 
     @property
     def is_q(self) -> bool:
@@ -90,8 +92,13 @@ class QdqIr:
             qp = read_qparams(n) if n.op in (Q_OP, DQ_OP) else None
             if qp is not None:
                 ins = ins[:1]
-            self.nodes.append(IrNode(n.name, n.op, ins, [t.name for t in n.outputs], dict(n.attrs),
-                                     behaviour(n.op, self.version, n.attrs), qp))
+            beh, why = behaviour(n.op, self.version, n.attrs), ""
+            if n.op == "BatchNormalization" and not all(_initializer_like(t) for t in n.inputs[1:5]):
+                beh = dataclasses.replace(beh, pointwise=False)
+                why = ("its parameters come through non-initializer nodes, so TensorRT does not fold it into "
+                       "the conv before it (seen on TensorRT 8.5)")
+            self.nodes.append(IrNode(n.name, n.op, ins, [t.name for t in n.outputs], dict(n.attrs), beh, qp,
+                                     why_float=why))
 
     def refresh(self) -> None:
         """Rebuild the producer/consumer maps after a rewrite."""
@@ -265,6 +272,13 @@ class QdqIr:
             if self.dq_forward() or self.erase_pairs() or self.q_backward() or self.merge_qs():
                 continue
             return
+
+
+def _initializer_like(t: gs.Tensor | None) -> bool:
+    """An initializer or a Constant node's output: what TensorRT's BatchNorm folding reads directly."""
+    if t is None or isinstance(t, gs.Constant):
+        return True
+    return len(t.inputs) == 1 and t.inputs[0].op == "Constant"
 
 
 def _per_tensor(node: IrNode) -> bool:
