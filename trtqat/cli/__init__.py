@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "rules": "trtqat.cli.rules:rules",
     "export": "trtqat.cli.export:export",
     "lint": "trtqat.cli.lint:lint",
+    "eval": "trtqat.cli.eval:eval_models",
     "sensitive": "trtqat.cli.sensitive:sensitive",
     "build": "trtqat.cli.build:build",
     "bench": "trtqat.cli.bench:bench",
@@ -39,6 +40,7 @@ _SHORT_HELP = {
     "rules": "Show the scale-sharing groups and ignore policy for a checkpoint.",
     "export": "Export a PTQ/QAT checkpoint to Q/DQ ONNX (dynamic batch), verified in onnxruntime.",
     "lint": "Predict from the ONNX alone how TensorRT will process its Q/DQ nodes.",
+    "eval": "Score checkpoints, ONNX exports and engines on labelled images (COCO mAP), one table.",
     "sensitive": "Rank layers by how much accuracy their quantization costs.",
     "build": "Build a TensorRT engine with trtexec (fp16 / ptq / qat), with layer info and profile.",
     "bench": "Benchmark an engine with trtexec and parse its performance summary.",
@@ -73,7 +75,8 @@ class LazyGroup(click.Group):
         except TrtqatError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {exc.one_line()}", err=True)
+            if getattr(exc, "report", True):  # torchrun: one rank reports a failure shared by all
+                click.echo(f"Error: {exc.one_line()}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted: outputs already written are complete; partial ones were removed.",

@@ -10,5 +10,8 @@ Modules:
   * :mod:`.labels`    YOLO txt labels (``images/`` -> ``labels/``) and COCO JSON ground truth
   * :mod:`.coco_map`  mAP@0.5:0.95 and mAP@0.5 with pycocotools
   * :mod:`.fidelity`  cosine / SQNR per output and agreement mAP against the float model
-  * :mod:`.evaluate`  one entry point: run a model over a folder and return metrics
+  * :mod:`.evaluate`  one entry point: run a model (or any runner) over a folder and return metrics
+  * :mod:`.runners`   checkpoints, ONNX (onnxruntime) and TensorRT engines behind one interface
+  * :mod:`.raw_head`  decoding of raw per-level head outputs (anchors from the ONNX metadata)
+  * :mod:`.job`       ``trtqat eval``: several models, one size, one metric, one table
 """

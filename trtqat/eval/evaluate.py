@@ -123,6 +123,7 @@ class EvalResult:
     agreement: dict | None = None  # {"map", "map50", "objects"}
     detections: int = 0
     seconds: float = 0.0
+    forward_seconds: float = 0.0  # time inside the model call only (no letterbox, NMS or scoring)
 
     def score(self) -> float:
         """mAP@0.5:0.95 when labelled, else mean SQNR (dB) against the reference."""
@@ -133,11 +134,12 @@ class EvalResult:
     def to_dict(self) -> dict:
         return {"name": self.name, "images": self.images, "map": self.map, "map50": self.map50,
                 "fidelity": self.fidelity, "agreement": self.agreement, "detections": self.detections,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), "forward_seconds": round(self.forward_seconds, 3)}
 
 
 @contextlib.contextmanager
-def _as(model, quantized: bool | None):
+def model_mode(model, quantized: bool | None):
+    """Run ``model`` with fake-quant on (True), off (False: the fused float model) or as it is (None), no grad."""
     from ..quant.modes import quant_disabled, validation_mode
 
     if quantized is None:  # quantizers exactly as the caller set them (sensitivity analysis)
@@ -157,9 +159,10 @@ def _as(model, quantized: bool | None):
 
 
 def _device(model) -> torch.device:
+    """Where ``model`` wants its input; a runner that is no module (ONNX, TensorRT) moves it itself."""
     try:
         return next(model.parameters()).device
-    except StopIteration:
+    except (StopIteration, AttributeError):
         return torch.device("cpu")
 
 
@@ -187,15 +190,17 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
     nms = {"conf_thres": cfg.conf_thres, "iou_thres": cfg.iou_thres, "max_det": cfg.max_det}
     for b, (files, batch, boxes) in enumerate(data.batches()):
         x = torch.from_numpy(batch).to(device)
-        with _as(model, quantized):
+        start = time.perf_counter()
+        with model_mode(model, quantized):
             out = model(x)
+        res.forward_seconds += _finished(out, start)
         found = non_max_suppression(decoded_predictions(out), **nms) if detect else []
         if reference is not None:
             if reference_cache is not None and b in reference_cache and (reference_cache[b][1] is not None
                                                                          or agree is None):
                 ref, ref_found = reference_cache[b]
             else:
-                with _as(reference, False):
+                with model_mode(reference, False):
                     ref = reference(x.to(_device(reference)))
                 ref_found = non_max_suppression(decoded_predictions(ref), **nms) if agree is not None else None
                 if reference_cache is not None:
@@ -216,6 +221,14 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
         res.agreement = agree.result() if agree is not None else res.agreement
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _finished(out, start: float) -> float:
+    """Seconds since ``start`` once ``out`` is computed (CUDA runs asynchronously: wait for it first)."""
+    first = decoded_predictions(out)
+    if isinstance(first, torch.Tensor) and first.is_cuda:
+        torch.cuda.synchronize(first.device)
+    return time.perf_counter() - start
 
 
 def _coco_rows(found: list[torch.Tensor], files: list[Path], boxes: list[Letterbox], gt: GroundTruth) -> list[dict]:

@@ -1,0 +1,73 @@
+"""``trtqat eval``: the accuracy of what you ship — checkpoints, ONNX exports and engines, one table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import PICKLE_WARNING, device_option, json_option, progress_bar, repo_option
+from .output import emit_json, print_table, say
+
+
+@click.command(name="eval", help=f"""Score MODELs on a labelled folder with one letterbox, NMS and COCO metric.
+
+\b
+MODEL: an upstream train.py checkpoint (fused float), a trtqat PTQ/QAT checkpoint (fake-quant on),
+an exported ONNX (float or Q/DQ, static or dynamic batch, decoded or raw head; onnxruntime, CPU, or
+the CUDA provider with --device cuda), or a TensorRT engine (.engine/.plan; needs tensorrt and a GPU).
+Several MODELs print one comparison table: mAP@0.5:0.95, mAP@0.5, detections and images/s (the
+model call only: letterbox, NMS and scoring excluded).
+
+\b
+Examples:
+  trtqat eval yolov7.pt qat.pt qat.onnx --repo ~/yolov7 --val val2017/ --val-ann instances_val2017.json
+  trtqat eval fp16.onnx qat.onnx --val shapes/val/images --size 320 --json
+
+--size: default the fixed input size of the models that have one, else the size an export records,
+else 640. Labels: YOLO txt files in labels/ beside images/, or --val-ann (COCO JSON).
+
+{PICKLE_WARNING}""")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--val", "val_dir", type=click.Path(path_type=Path), required=True,
+              help="Labelled images (YOLO labels in the sibling labels/ folder, or --val-ann).")
+@click.option("--val-ann", type=click.Path(path_type=Path), default=None, help="COCO JSON annotations for --val.")
+@click.option("--val-images", type=int, default=None, help="Evaluate the first N images only [default: all].")
+@repo_option
+@click.option("--size", type=int, default=None,
+              help="Square input size [default: the models' fixed size, else the exported size, else 640].")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per batch.")
+@device_option
+@click.option("--conf-thres", type=float, default=0.001, show_default=True, help="Confidence threshold.")
+@click.option("--iou-thres", type=float, default=0.65, show_default=True, help="NMS IoU threshold.")
+@json_option
+def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, device, conf_thres, iou_thres,
+                as_json):
+    from ..eval.job import EvalJob, run_eval
+
+    job = EvalJob(models=tuple(models), val_dir=val_dir, val_ann=val_ann, repo=repo, size=size,
+                  batch_size=batch_size, device=device, conf_thres=conf_thres, iou_thres=iou_thres,
+                  val_images=val_images)
+    result = run_eval(job, progress=progress_bar)
+    if as_json:
+        emit_json(result)
+        return
+    print_table(f"trtqat eval: {result['images']} images, {result['objects']} objects ({result['labels']} labels), "
+                f"size {result['size']}",
+                ["model", "format", "mAP@0.5:0.95", "mAP@0.5", "detections", "images/s", "run on"],
+                [(r["name"], _format(r), _pct(r["map"]), _pct(r["map50"]), r["detections"], r["images_per_s"],
+                  r["device"]) for r in result["rows"]],
+                justify=["left", "left", "right", "right", "right", "right", "left"])
+    for r in result["rows"]:
+        for note in r["notes"]:
+            say(f"note: {r['name']}: {note}")
+
+
+def _format(row: dict) -> str:
+    parts = [row["format"], row["kind"] or "?"]
+    if row["format"] != "checkpoint":
+        parts += [row["head"], f"batch {row['batch']}"]
+    return ", ".join(parts)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

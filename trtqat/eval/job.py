@@ -1,0 +1,138 @@
+"""``trtqat eval``: score several models (checkpoints, ONNX, engines) on one labelled folder, comparably.
+
+Why one job for all formats: the numbers only compare when every model sees the same images, letterboxed
+to the same size, and its predictions go through the same NMS and COCO evaluator. The job therefore
+checks everything that can be checked before any model runs (files, formats, input sizes, labels,
+pycocotools), picks one input size, letterboxes the images once (cached) and runs each model through
+:func:`trtqat.eval.evaluate.evaluate`, the function ``trtqat quantize`` evaluates with.
+
+Input size: ``--size`` when given (every model must accept it); else the fixed input size of the models
+that have one (they must agree); else the ``size`` an exported ONNX records in its metadata; else 640.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._deps import require
+from ..errors import InputError, UsageError
+
+DEFAULT_SIZE = 640
+
+#: a progress factory: description -> (context manager, advance(n), set_total(n)), as in trtqat.workflow
+ProgressFactory = Callable[[str], tuple[AbstractContextManager, Callable[[int], None], Callable[[int], None]]]
+
+
+def _no_progress(_: str):
+    return contextlib.nullcontext(), (lambda n=1: None), (lambda n: None)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Everything ``trtqat eval`` was asked to do."""
+
+    models: tuple[Path, ...]
+    val_dir: Path
+    val_ann: Path | None = None
+    repo: Path | None = None
+    size: int | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    val_images: int | None = None
+
+    def validate(self) -> None:
+        """Flag values that cannot work (exit 2) and the optional dependency the metric needs."""
+        if not self.models:
+            raise UsageError("no MODEL given", "Pass one or more .pt / .onnx / .engine files")
+        if self.size is not None and self.size <= 0:
+            raise UsageError(f"--size must be positive, got {self.size}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.val_images is not None and self.val_images < 1:
+            raise UsageError(f"--val-images must be >= 1, got {self.val_images}")
+        if self.val_ann is not None and not Path(self.val_ann).is_file():
+            raise InputError(f"annotation file not found: {self.val_ann}", "Pass a COCO JSON file")
+        require("pycocotools", purpose="trtqat eval (COCO mAP)")
+
+
+def resolve_size(requested: int | None, runners: Sequence) -> int:
+    """The one input size every model is scored at (see module docstring); UsageError when they disagree."""
+    fixed = {r.path: r.fixed_size for r in runners if r.fixed_size is not None}
+    if requested is not None:
+        for r in runners:
+            r.check_size(requested)
+        return requested
+    sizes = set(fixed.values())
+    if len(sizes) > 1:
+        listed = ", ".join(f"{p.name}: {s}" for p, s in fixed.items())
+        raise UsageError(f"the models have different fixed input sizes ({listed})",
+                         "Evaluate them separately, or export them at one --size")
+    if sizes:
+        return sizes.pop()
+    recorded = {r.recorded_size for r in runners if getattr(r, "recorded_size", None)}
+    return recorded.pop() if len(recorded) == 1 else DEFAULT_SIZE
+
+
+def _check_labels(files: Sequence[Path], job: EvalJob) -> None:
+    from .labels import has_yolo_labels
+
+    if job.val_ann is None and not has_yolo_labels(files):
+        raise InputError(f"no labels for the {len(files)} images under {job.val_dir} (no YOLO labels/ folder "
+                         "beside images/)", "Add YOLO txt labels or pass --val-ann FILE (COCO JSON)")
+
+
+def run_eval(job: EvalJob, *, progress: ProgressFactory = _no_progress) -> dict:
+    """Score every model of ``job``; returns the JSON-able comparison (``rows`` in the order given)."""
+    from ..data.images import find_images
+    from .evaluate import EvalConfig, eval_set, evaluate
+    from .runners import open_runner
+
+    job.validate()
+    runners = [open_runner(p, repo=job.repo, device=job.device) for p in job.models]
+    for r in runners:
+        r.probe()
+    size = resolve_size(job.size, runners)
+    files = find_images(job.val_dir)
+    if job.val_images:
+        files = files[:job.val_images]
+    _check_labels(files, job)
+    cfg = EvalConfig(size=size, batch_size=job.batch_size, conf_thres=job.conf_thres, iou_thres=job.iou_thres)
+    names = _row_names([r.path for r in runners])
+    data, rows = None, []
+    for name, runner in zip(names, runners):
+        with runner.activated(size):
+            if data is None:
+                data = eval_set(job.val_dir, cfg, ann=job.val_ann, nc=runner.nc, files=files, cache=True)
+                nc = runner.nc
+            elif runner.nc != nc:
+                raise InputError(f"{runner.path} predicts {runner.nc} classes but {runners[0].path} {nc}",
+                                 "Compare models trained on the same classes")
+            _warm_up(runner, min(job.batch_size, len(data.files)), size)
+            bar, advance, set_total = progress(name)
+            set_total(len(data.files))
+            with bar:
+                res = evaluate(runner, data, quantized=None, name=name, progress=advance)
+        rows.append({**res.to_dict(), **runner.describe(),
+                     "images_per_s": round(res.images / res.forward_seconds, 2) if res.forward_seconds else None})
+    return {"val": str(job.val_dir), "labels": data.gt.source, "images": len(data.files),
+            "objects": data.gt.num_objects, "size": size, "batch_size": job.batch_size,
+            "conf_thres": job.conf_thres, "iou_thres": job.iou_thres, "rows": rows}
+
+
+def _warm_up(runner, batch: int, size: int) -> None:
+    """One untimed batch of grey images, so images/s does not include first-call set-up (kernel selection,
+    lazily built grids, CUDA context), which would favour whichever model happens to run later."""
+    import torch
+
+    runner(torch.full((batch, 3, size, size), 114 / 255.0))
+
+
+def _row_names(paths: Sequence[Path]) -> list[str]:
+    """File names, or the full paths when two models share a file name."""
+    names = [p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]

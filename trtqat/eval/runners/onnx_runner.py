@@ -1,0 +1,130 @@
+"""Exported ONNX models (float or Q/DQ, static or dynamic batch, decoded or raw head) through onnxruntime.
+
+Provider: the CPU one; with ``--device cuda[:i]`` the CUDA provider when this onnxruntime has it (else the
+CPU one, with a note in the table). Graph optimizations are limited to the basic, math-preserving level:
+onnxruntime's extended level replaces Q/DQ pairs by its own integer kernels (QLinearConv), which is
+onnxruntime's INT8 arithmetic, not the model's, and so not what TensorRT or the PyTorch fake-quant run.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ..raw_head import RawHead, decode_raw, raw_head_from_metadata
+from .base import Runner, missing_file
+
+log = logging.getLogger(__name__)
+
+
+def _dims(value_info) -> list[int | str]:
+    """A graph input/output's shape: ints where fixed, names (or '?') where symbolic."""
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def classify_outputs(shapes: list[list], source: str) -> tuple[str, int | None]:
+    """(head, nc) from output shapes: one ``[B, N, 5+nc]`` output (decoded) or ``[B, na, ny, nx, 5+nc]``
+    ones (raw); anything else is an InputError naming the shapes."""
+    ranks = {len(s) for s in shapes}
+    last = {s[-1] for s in shapes if s}
+    nc = next(iter(last)) - 5 if len(last) == 1 and isinstance(next(iter(last)), int) else None
+    if len(shapes) == 1 and ranks == {3}:
+        return "decoded", nc
+    if shapes and ranks == {5}:
+        return "raw", nc
+    raise InputError(f"{source} has outputs {shapes}, not a YOLO head ([B, N, 5+nc] decoded, or "
+                     "[B, na, H/s, W/s, 5+nc] per stride raw)",
+                     "Export it with trtqat export (--head decoded or raw)")
+
+
+def square_size(h, w, source: str) -> int | None:
+    """The fixed square input size, None when height/width are dynamic; a fixed non-square one is an error."""
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        if h != w:
+            raise InputError(f"{source} has a fixed {h}x{w} input; trtqat eval letterboxes to a square --size",
+                             "Export the model with a square --size or with --dynamic-hw")
+        return h
+    return None
+
+
+class OnnxRunner(Runner):
+    """An ONNX file run by onnxruntime."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu"):
+        super().__init__(path)
+        self.device_name = device
+        self.session = None
+        self.raw_head: RawHead | None = None
+        self.provider = "CPUExecutionProvider"
+        self.input_name = "images"
+        self.input_dtype = np.float32
+
+    def probe(self) -> None:
+        import onnx
+
+        error = missing_file(self.path)
+        if error is not None:
+            raise error
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a file that is no ONNX
+            raise InputError(f"{self.path} is not a readable ONNX model ({type(exc).__name__})",
+                             "Pass a file written by trtqat export or torch.onnx.export") from exc
+        consts = {i.name for i in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in consts]
+        if len(inputs) != 1 or len(_dims(inputs[0])) != 4:
+            raise InputError(f"{self.path} has inputs {[(i.name, _dims(i)) for i in inputs]}, not one image batch "
+                             "[B, 3, H, W]", "Export it with trtqat export")
+        self.input_name = inputs[0].name
+        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type)
+        b, _, h, w = _dims(inputs[0])
+        self.fixed_batch = b if isinstance(b, int) and b > 0 else None
+        self.fixed_size = square_size(h, w, str(self.path))
+        meta = {p.key: p.value for p in model.metadata_props}
+        self.kind = meta.get("kind") or ("qdq" if any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+                                         else "float")
+        if str(meta.get("size", "")).isdigit():
+            self.recorded_size = int(meta["size"])
+        self.head, self.nc = classify_outputs([_dims(o) for o in model.graph.output], str(self.path))
+        if self.head == "raw":
+            self.raw_head = raw_head_from_metadata(meta, str(self.path))
+
+    def activate(self, size: int) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if self.device_name.startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                index = int(self.device_name.partition(":")[2] or 0)
+                providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+            else:
+                self.notes.append("onnxruntime has no CUDA provider here: ran on the CPU")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped; one line for the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"onnxruntime cannot load {self.path}: {first}",
+                             "Check that the file is a complete ONNX export") from exc
+        self.provider = self.session.get_providers()[0]
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: x.detach().cpu().numpy().astype(self.input_dtype, copy=False)}
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self.session.run(None, feed)]
+        if self.head == "raw":
+            return decode_raw(outs, self.raw_head, (x.shape[2], x.shape[3]))
+        return outs[0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "device": self.provider}
