@@ -1,0 +1,86 @@
+"""``trtqat optimize``: make any Q/DQ ONNX TensorRT-friendly (ModelOpt, Ultralytics, pytorch-quantization)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import json_option
+from .output import emit_json, print_table, say
+
+
+@click.command(name="optimize")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output ONNX.")
+@click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
+              help="Images: recalibrate every scale group through onnxruntime and insert missing Q/DQ.")
+@click.option("--size", type=int, default=None, help="Image size for --calib and the check [default: the model's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--calib-batches", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Policy file [default: rules/<family>.yaml, family found in the graph].")
+@click.option("--method", type=click.Choice(["mse", "entropy", "percentile", "max"]), default="mse",
+              show_default=True, help="Amax method with --calib (the same as trtqat quantize).")
+@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--trt-version", type=click.Choice(["8.6", "10", "11"]), default="10", show_default=True,
+              help="TensorRT version lint simulates for the before/after table.")
+@json_option
+def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, batch_size: int,
+             calib_batches: int, rules_file: Path | None, method: str, percentile: float, trt_version: str,
+             as_json: bool) -> None:
+    """Tie the scales of MODEL's Q/DQ the way TensorRT fuses them; write --save, then check it.
+
+    \b
+    Reads any Q/DQ ONNX (trtqat, ModelOpt ONNX PTQ incl. FP16, torch.onnx.export of pytorch-quantization or
+    ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), ties every
+    scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration), inserts Q/DQ the rules
+    call for (without --calib only where an existing scale applies; others are listed), then runs
+    onnx.checker, onnxruntime (IN vs OUT per output) and trtqat lint before and after.
+    \b
+    JSON (--json): family, policy, calibrated, method, normalize {noop_casts_removed, qparams_folded,
+      duplicate_q_merged, duplicate_dq_merged}, groups [{q_nodes, rules, ops, scales_before, scale, source,
+      changed}], groups_changed, inserted/suggested [{rule, kind, node, tensor, sibling_q, needs_data}],
+      lint {before, after: {standalone_qdq, int8_share, int8_share_macs, precision_boundaries}},
+      outputs {name: {cosine, max_abs_error, max_abs}}, checker
+    Exit codes: 0 ok; 1 a failed check; 2 bad input (unreadable ONNX, no Q/DQ, Q/DQ TensorRT would refuse).
+    """
+    from ..optimize import OptimizeConfig, optimize_file
+    from .options import progress_bar
+
+    cfg = OptimizeConfig(rules_file=rules_file, method=method, percentile=percentile, trt_version=trt_version)
+    bar, advance, total = progress_bar("collecting activations (onnxruntime)")
+    with bar:
+        report = optimize_file(model, save, cfg, calib_dir=calib_dir, size=size, batch_size=batch_size,
+                               calib_batches=calib_batches, progress=advance, on_total=total)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    _print(report, save)
+
+
+def _print(r, save: Path) -> None:
+    n = r.normalize
+    say(f"family {r.family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
+        f"Casts removed, {n.qparams_folded} scale/zero-point producers folded, {n.duplicate_q_merged} duplicate Q "
+        f"and {n.duplicate_dq_merged} duplicate DQ merged")
+    changed = [g for g in r.groups if g.changed]
+    print_table(f"scale groups tied ({len(changed)} changed of {len(r.groups)}; "
+                f"{'recalibrated: ' + r.method if r.calibrated else 'largest member scale'})",
+                ["#", "rules", "Q nodes", "scales before", "scale"],
+                [(i, " ".join(g.rules), len(g.q_nodes), f"{min(g.scales_before):.4g}..{max(g.scales_before):.4g}",
+                  f"{g.scale:.4g}") for i, g in enumerate(changed, 1)], justify=["right", "left", "right", "left", "left"])
+    if r.inserted or r.suggested:
+        print_table("Q/DQ the rules call for", ["rule", "where", "tensor", "status"],
+                    [(i.rule, i.node, i.tensor, "inserted" + (f" (scale of {i.sibling_q})" if i.sibling_q else ""))
+                     for i in r.inserted]
+                    + [(i.rule, i.node, i.tensor, "suggested: needs --calib") for i in r.suggested])
+    b, a = r.lint_before, r.lint_after
+    print_table("trtqat lint, before / after", ["", "standalone Q/DQ", "INT8 share (layers)", "INT8 share (MACs)",
+                                                "precision boundaries"],
+                [("IN", b.get("standalone_qdq"), b.get("int8_share"), b.get("int8_share_macs"),
+                  b.get("precision_boundaries")),
+                 ("OUT", a.get("standalone_qdq"), a.get("int8_share"), a.get("int8_share_macs"),
+                  a.get("precision_boundaries"))])
+    print_table("outputs, OUT vs IN (onnxruntime)", ["output", "cosine", "max |error|", "max |IN|"],
+                [(k, v["cosine"], v["max_abs_error"], v["max_abs"]) for k, v in r.outputs.items()])
+    say(f"wrote {save} (onnx.checker passed)")

@@ -1,0 +1,59 @@
+"""The float twin of a Q/DQ model: every Quantize/Dequantize pair bypassed, weights dequantized.
+
+Why: calibration describes the float activations (the torch path collects with its quantizers
+disabled), and the optimized model is compared with the input on outputs computed from the same images.
+Bypassing keeps every activation tensor name a Q reads, so histograms of the twin map one to one back to
+the Q nodes of the quantized graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .qdq import constant_value, is_dq, is_q, read_qparams
+
+
+def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with Q/DQ removed: activation pairs bypassed, weights replaced by their dequantized values.
+
+    A DequantizeLinear of a constant (weights stored as int8 initializers, as ModelOpt writes them) becomes
+    the float constant ``(w - zero_point) * scale``; DQ(Q(w)) becomes ``w``.
+    """
+    graph = gs.import_onnx(model)
+    outputs = {id(t) for t in graph.outputs}
+    for dq in [n for n in graph.nodes if is_dq(n)]:
+        y = dq.outputs[0]
+        if id(y) in outputs:
+            continue  # the output keeps its name; a DQ on a graph output stays
+        src = dq.inputs[0]
+        q = src.inputs[0] if len(src.inputs) == 1 and is_q(src.inputs[0]) else None
+        if q is not None:
+            replacement = q.inputs[0]
+            w = constant_value(replacement, through_identity=True)
+            if w is not None and not isinstance(replacement, gs.Constant):
+                replacement = gs.Constant(f"{replacement.name}_float", np.asarray(w))
+        else:
+            w = constant_value(src, through_identity=True)
+            if w is None:
+                continue  # a DQ of a run-time integer tensor: nothing to bypass
+            replacement = gs.Constant(f"{y.name}_float", _dequantize(dq, w))
+        for consumer in list(y.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is y:
+                    consumer.inputs[i] = replacement
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph, do_type_check=False)
+
+
+def _dequantize(dq: gs.Node, w: np.ndarray) -> np.ndarray:
+    p = read_qparams(dq)
+    scale = np.asarray(p.scale)
+    dtype = np.asarray(constant_value(dq.inputs[1], through_identity=True)).dtype  # the scale's float type
+    zp = np.zeros(1) if p.zero_point is None else np.asarray(p.zero_point, dtype=np.float64)
+    if scale.size > 1:
+        shape = [1] * w.ndim
+        axis = p.axis % w.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.size > 1 else zp
+    return ((np.asarray(w, np.float64) - zp) * scale).astype(dtype)

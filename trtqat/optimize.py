@@ -1,0 +1,244 @@
+"""``trtqat optimize``: make any Q/DQ ONNX TensorRT-friendly, then prove it changed what it should only.
+
+Why a library module: ModelOpt, Ultralytics and pytorch-quantization users bring a Q/DQ ONNX, not a
+trtqat checkpoint. The steps, in order (each a module of its own):
+
+1. read and normalise (:mod:`trtqat.graph.normalize_qdq`: no-op Casts, Identity/Constant scales,
+   duplicate Q/DQ), refuse what TensorRT's parser would refuse (:mod:`trtqat.graph.parser_checks`);
+2. pick the rules (``--rules FILE`` or the family found in the graph, :mod:`trtqat.graph.family_detect`);
+3. insert the Q/DQ the rules call for (:mod:`trtqat.graph.insert_qdq`) when a scale is known for them
+   or data is given; list the others;
+4. tie every scale-sharing group (:mod:`trtqat.graph.scale_groups`, :mod:`trtqat.graph.retie`), from the
+   largest member scale, or from histograms collected through onnxruntime (:mod:`trtqat.calib`);
+5. check: onnx.checker, onnxruntime on IN and OUT (cosine, max error per output), ``trtqat lint``
+   before and after.
+
+Imports: graph, calib and data (numpy, onnx, onnxruntime); never torch.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .calib.amax import METHODS, histogram_amax
+from .errors import InputError, UsageError, VerificationError
+from .graph.family_detect import family_from_graph
+from .graph.insert_qdq import Insertion, apply_insertions, plan_insertions
+from .graph.lint import lint_model
+from .graph.normalize_qdq import NormalizeReport, normalize_qdq
+from .graph.parser_checks import check_parser
+from .graph.policy import load_policy_file, policy_file
+from .graph.qdq import graph_from_model, qdq_nodes
+from .graph.retie import TiedGroup, group_tensors, tie_scales
+from .graph.scale_groups import ScaleSet, find_scale_sets
+
+log = logging.getLogger(__name__)
+
+#: lint summary fields shown before/after (missing ones are shown as None)
+LINT_FIELDS = ("standalone_qdq", "int8_share", "int8_share_macs", "precision_boundaries")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """``--rules --family --method --percentile --trt-version``."""
+
+    rules_file: Path | None = None
+    family: str | None = None
+    method: str = "mse"
+    percentile: float = 99.99
+    trt_version: str = "10"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method!r} is not supported", f"Choose one of {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
+
+
+@dataclass
+class OptimizeReport:
+    """What ``optimize`` did and measured; ``to_dict`` is the ``--json`` schema."""
+
+    family: str = ""
+    policy: tuple[str, ...] = ()
+    calibrated: bool = False
+    method: str = ""
+    normalize: NormalizeReport = field(default_factory=NormalizeReport)
+    groups: list[TiedGroup] = field(default_factory=list)
+    inserted: list[Insertion] = field(default_factory=list)
+    suggested: list[Insertion] = field(default_factory=list)
+    lint_before: dict[str, Any] = field(default_factory=dict)
+    lint_after: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    checker: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "policy": list(self.policy), "calibrated": self.calibrated,
+                "method": self.method, "normalize": self.normalize.to_dict(),
+                "groups": [g.to_dict() for g in self.groups],
+                "groups_changed": sum(g.changed for g in self.groups),
+                "inserted": [i.to_dict() for i in self.inserted], "suggested": [i.to_dict() for i in self.suggested],
+                "lint": {"before": self.lint_before, "after": self.lint_after}, "outputs": self.outputs,
+                "checker": self.checker}
+
+
+def lint_summary(model: onnx.ModelProto, trt_version: str) -> dict[str, Any]:
+    """The lint summary fields optimize reports (through lint's public API)."""
+    summary = dict(lint_model(model, trt_version=trt_version).summary)
+    return {k: summary.get(k) for k in LINT_FIELDS}
+
+
+def _refuse_parser_errors(graph: gs.Graph, label: str) -> None:
+    errors = [f for f in check_parser(graph) if f.severity == "error"]
+    if errors:
+        f = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(f"{label}: TensorRT would refuse it: {f.rule_id} {f.hazard}{more}", f.mitigation)
+
+
+def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(), *,
+                   calib: Iterable[np.ndarray] | None = None, label: str = "model",
+                   progress: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """Normalise, insert and tie the Q/DQ of ``model``; returns the new model and what was done.
+
+    Args:
+        calib: float32 image batches (N x 3 x H x W); with them inserted Q/DQ without a known scale are
+            added and every group is recalibrated through onnxruntime; without them groups take their
+            largest scale and such insertions are only suggested.
+    Raises:
+        InputError: no Q/DQ in the model, or Q/DQ TensorRT's parser would refuse.
+    """
+    report = OptimizeReport(method=cfg.method if calib is not None else "max-scale", calibrated=calib is not None)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # noqa: BLE001 - dtypes help the Cast check; without them Casts are kept
+        log.info("shape inference failed (%s); casts of unknown dtype are kept", exc)
+    graph = graph_from_model(model, label)
+    if not qdq_nodes(graph):
+        raise InputError(f"{label} has no QuantizeLinear/DequantizeLinear nodes",
+                         "Pass a Q/DQ ONNX (ModelOpt, pytorch-quantization or trtqat export); a float model "
+                         "needs quantizing first (trtqat quantize, or ModelOpt's ONNX PTQ)")
+    report.normalize = normalize_qdq(graph)
+    _refuse_parser_errors(graph, label)
+    report.family = cfg.family or family_from_graph(graph)
+    policy = load_policy_file(policy_file(report.family, cfg.rules_file))
+    report.policy = policy.sources
+    planned = plan_insertions(graph, policy)
+    report.inserted = [i for i in planned if not i.needs_data or calib is not None]
+    report.suggested = [i for i in planned if i.needs_data and calib is None]
+    new_qs = apply_insertions(graph, report.inserted)
+    sets = find_scale_sets(graph, policy, min_q=1).sets
+    fresh = {name: ins for name, ins in new_qs.items() if ins.needs_data}  # no scale yet: calibrate them
+    sets = tuple(s for s in sets if len(s.q_nodes) >= 2 or fresh.keys() & set(s.q_nodes))
+    alone = [name for name in fresh if not any(name in s.q_nodes for s in sets)]
+    sets += tuple(ScaleSet(q_nodes=(name,), tensors=(), ops=(fresh[name].node,), rules=(fresh[name].rule,))
+                  for name in alone)
+    amax = None
+    if calib is not None:
+        amax = _calibrate(graph, sets, calib, cfg, progress)
+    report.groups = tie_scales(graph, sets, amax, cfg.method)
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = model.ir_version
+    del out.graph.value_info[:]
+    return out, report
+
+
+def _calibrate(graph: gs.Graph, sets, batches: Iterable[np.ndarray], cfg: OptimizeConfig,
+               progress: Callable[[int], None] | None) -> dict[int, float]:
+    """Group index -> amax from merged histograms of the float twin's activations."""
+    from .calib.ort_collect import collect_histograms
+    from .graph.strip_qdq import float_twin
+
+    twin = float_twin(gs.export_onnx(graph.copy(), do_type_check=False))
+    tensors = group_tensors(graph, sets)
+    hists = collect_histograms(twin, tensors, batches, progress=progress)
+    amax = {}
+    for k, h in hists.items():
+        counts, edges = h.histogram()
+        value = h.max_seen if cfg.method == "max" else histogram_amax(cfg.method, counts, edges,
+                                                                      percentile=cfg.percentile)
+        if value is not None and value > 0:
+            amax[k] = float(value)
+    return amax
+
+
+def compare_outputs(before: onnx.ModelProto, after: onnx.ModelProto, batch: np.ndarray) -> dict[str, dict[str, float]]:
+    """onnxruntime outputs of both models on ``batch``: cosine similarity and max |error| per output."""
+    from .calib.ort_collect import run_outputs
+
+    a, b = run_outputs(before, batch), run_outputs(after, batch)
+    out = {}
+    for name, x in a.items():
+        y = b.get(name)
+        if y is None or y.shape != x.shape:
+            raise VerificationError(f"output {name!r} is missing or changed shape after optimize",
+                                    "Report this with the input ONNX")
+        x64, y64 = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        denom = np.linalg.norm(x64) * np.linalg.norm(y64)
+        cos = float(x64 @ y64 / denom) if denom else float(np.array_equal(x64, y64))
+        out[name] = {"cosine": round(cos, 6), "max_abs_error": float(np.max(np.abs(x64 - y64))) if x64.size else 0.0,
+                     "max_abs": float(np.max(np.abs(x64))) if x64.size else 0.0}
+    return out
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker on the written model (a failure is a trtqat bug, reported as a failed check)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise VerificationError(f"the optimized ONNX does not pass onnx.checker ({str(exc).splitlines()[0]})",
+                                "Report this with the input ONNX") from exc
+
+
+def input_size(model: onnx.ModelProto) -> int | None:
+    """The square spatial size of the model's image input, when it is fixed."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    if len(dims) == 4 and dims[2].HasField("dim_value") and dims[2].dim_value == dims[3].dim_value:
+        return int(dims[2].dim_value)
+    return None
+
+
+def optimize_file(src: str | Path, dst: str | Path, cfg: OptimizeConfig = OptimizeConfig(), *,
+                  calib_dir: str | Path | None = None, size: int | None = None, batch_size: int = 8,
+                  calib_batches: int | None = 32, progress: Callable[[int], None] | None = None,
+                  on_total: Callable[[int], None] | None = None) -> OptimizeReport:
+    """``trtqat optimize``: read ``src``, optimize, write ``dst`` atomically, then check it.
+
+    The check runs onnx.checker on ``dst``, onnxruntime on both models (the first calibration batch, or
+    seeded noise) and lint on both. ``size`` defaults to the model's fixed input size.
+    Raises:
+        UsageError: no input size known (dynamic H/W and no ``--size``).
+        InputError: unreadable ``src``, a folder without images, Q/DQ the parser would refuse.
+    """
+    from ._io import atomic_path
+    from .data.images import image_stream, seeded_noise
+    from .graph.qdq import load_model
+
+    model = load_model(src)
+    size = size or input_size(model)
+    if size is None:
+        raise UsageError(f"{src} has no fixed square input size", "Pass --size N")
+    stream = None
+    if calib_dir is not None:
+        stream = image_stream(calib_dir, size, batch_size, calib_batches)  # fail fast on an empty folder
+        if on_total:
+            on_total(min(len(stream.files), batch_size * (calib_batches or len(stream))))
+    out, report = optimize_model(model, cfg, calib=stream, label=str(src), progress=progress)
+    with atomic_path(dst) as tmp:
+        onnx.save(out, str(tmp))
+    written = onnx.load(str(dst))
+    check_model(written)
+    report.checker = True
+    batch = next(iter(image_stream(calib_dir, size, 1, 1))) if calib_dir is not None else seeded_noise(1, size)
+    report.outputs = compare_outputs(model, written, batch)
+    report.lint_before = lint_summary(model, cfg.trt_version)
+    report.lint_after = lint_summary(written, cfg.trt_version)
+    return report
