@@ -163,8 +163,27 @@ def test_report_errors(fixtures, tmp_path):
 def test_report_tables(fixtures):
     r = invoke("report", fixtures / CONVONLY_GRAPH, "--profile", fixtures / CONVONLY_PROFILE, "--top", 2)
     assert r.exit_code == 0
-    assert "37 layers" in r.stderr and "12 Reformat layers (10 unfused Q/DQ, 2 layout)" in r.stderr
+    assert "37 layers" in r.stderr and "10 standalone Q/DQ (unfused), 2 layout reformats" in r.stderr
     assert "QuantizeLinear_250" in r.stdout and "Top 2 layers by time" in r.stdout
+
+
+def test_report_trt82_scale_as_quantize(fixtures):
+    graph = fixtures / "trt8.2_titanrtx_mobilenetv2-qat-convonly_best.graph.json"
+    r = invoke("report", graph)
+    assert r.exit_code == 0
+    assert "85 layers" in r.stderr and "17 standalone Q/DQ (unfused), 12 layout reformats" in r.stderr
+    assert "QuantizeLinear_98" in r.stdout and "QDQ (Scale)" in r.stdout
+    data = json.loads(invoke("report", graph, "--json").stdout)
+    assert data["reformat_counts"]["qdq"] == 17 and len(data["qdq_unfused"]) == 17
+    assert {x["layer_type"] for x in data["reformats"] if x["origin"] == "QDQ"} == {"Scale"}
+
+
+def test_compare_counts_scale_as_quantize(fixtures):
+    a = fixtures / "trt8.2_titanrtx_mobilenetv2-qat-convonly_best.graph.json"
+    b = fixtures / "trt8.4_titanrtx_mobilenetv2-qat-convonly_best.graph.json"
+    data = json.loads(invoke("compare", a, b, "--json").stdout)
+    assert [(e["qdq_reformats"], e["layout_reformats"]) for e in data["engines"]] == [(17, 12), (17, 1)]
+    assert data["diff"]["reformats_only_b"] == []
 
 
 def test_draw_svg_and_png(fixtures, tmp_path):

@@ -26,12 +26,14 @@ def report(source, profile, top, as_json):
 
     Shows the layer count, the precision mix by layers and time, Reformat layers split by origin
     (QDQ: a Q/DQ TensorRT could not fuse; REFORMAT: a layout copy) with their cost and tensors, INT8
-    convolutions with float outputs, and the slowest layers.
+    convolutions with float outputs, and the slowest layers. TensorRT 8.2 shows a standalone Quantize
+    as a Scale layer: it is counted and listed as QDQ ("QDQ (Scale)"); a Quantize TensorRT split
+    across a Concat's inputs (<name>_clone_N) counts once per copy.
 
     JSON (--json): {"name", "layers", "layer_types", "total_time_ms", "precision_mix": [...],
     "int8_share": {"layers", "time"}, "reformat_counts": {"total", "qdq", "layout", "other"},
     "reformat_time_ms", "reformat_time_share", "reformats": [{"name", "origin", "kind", "onnx_nodes",
-    "input", "output", "input_precision", "output_precision", "time_ms"}], "qdq_unfused": [names],
+    "input", "output", "input_precision", "output_precision", "time_ms", "layer_type"}], "qdq_unfused": [names],
     "int8_convs_with_float_output": [...], "top_layers": [...]}.
     """
     from ..trt.plan import EnginePlan, resolve_plan_files
@@ -49,8 +51,8 @@ def report(source, profile, top, as_json):
         else " (no profile: times unavailable)"
     )
     say(
-        f"{rep.name}: {rep.layer_count} layers{timing}; {counts['total']} Reformat layers "
-        f"({counts['qdq']} unfused Q/DQ, {counts['layout']} layout)"
+        f"{rep.name}: {rep.layer_count} layers{timing}; {counts['qdq']} standalone Q/DQ (unfused), "
+        f"{counts['layout']} layout reformats"
     )
     print_table(
         "Precision mix (a layer's precision is what its kernel reads)",
@@ -74,7 +76,7 @@ def report(source, profile, top, as_json):
             [
                 [
                     r.name,
-                    r.origin,
+                    r.origin if r.layer_type == "Reformat" else f"{r.origin} ({r.layer_type})",
                     r.kind,
                     f"{r.input_precision}->{r.output_precision}",
                     f"{r.input_tensor} -> {r.output_tensor}",
