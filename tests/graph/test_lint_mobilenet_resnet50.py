@@ -19,6 +19,8 @@ from qdq_builders import MOBILENET_VARIANTS, QdqBuilder, mobilenetv2, tf_resnet5
 
 from trtqat.graph.engine_compare import compare_with_engine
 from trtqat.graph.lint import lint_model
+from trtqat.graph.propagate import QdqIr
+from trtqat.graph.qdq import graph_from_model
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "trtexec"
 MBV2_COUNT = {"convonly": 17, "residual": 2}
@@ -121,9 +123,10 @@ def test_mobilenetv2_convonly_places():
     assert rules["features.4.conv.0.0_in_q"] == "LINT004"   # block 3's conv+add writes float (float residual)
 
 
+@pytest.mark.parametrize("trt", ["8.4", "8.2"])
 @pytest.mark.parametrize("variant", MOBILENET_VARIANTS)
-def test_mobilenetv2_layer_precisions_match_engine(variant):
-    info = _fixture(f"trt8.4_titanrtx_mobilenetv2-qat-{variant}_best.graph.json")
+def test_mobilenetv2_layer_precisions_match_engine(variant, trt):
+    info = _fixture(f"trt{trt}_titanrtx_mobilenetv2-qat-{variant}_best.graph.json")
     engine = engine_precisions(info, _mbv2_node)
     layers = {x.name: x for x in lint_model(mobilenetv2(variant)).layers}
     assert len(engine) == 54 == len(layers)   # 52 convs, the GAP, the classifier
@@ -159,6 +162,13 @@ def test_tf_resnet50_matches_engine():
     assert {n: (layers[n].precision, layers[n].output) for n in engine} == engine
     assert engine["pool1_pool"] == engine["avg_pool"] == ("INT8", "INT8")
     assert engine["predictions_matmul"] == ("INT8", "float") and engine["predictions_softmax"] == ("float", "float")
+    # The two Pads: pool1_pad runs INT8 (engine "Padding" layer), the input's conv1_pad FP32 (a "Slice" layer).
+    pads = {x["Name"]: word for x in info["Layers"] if x["Name"] in ("resnet50/conv1_pad/Pad", "resnet50/pool1_pad/Pad")
+            for word in ["INT8" if "Int8" in x["Inputs"][0]["Format/Datatype"] else "float"]}
+    assert pads == {"resnet50/conv1_pad/Pad": "float", "resnet50/pool1_pad/Pad": "INT8"}
+    ir = QdqIr(graph_from_model(tf_resnet50()), "10")
+    ir.propagate()
+    assert {n.name: n.int8 for n in ir.nodes if n.op == "Pad"} == {"conv1_pad": False, "pool1_pad": True}
 
 
 def _positions_to_names(info: dict) -> dict[str, str]:
