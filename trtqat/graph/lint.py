@@ -11,8 +11,10 @@ The simulation (shared/reference/trt-qdq-processing.md §4.1):
   3. form fusion groups and assign precisions;                   (:func:`~.fusion.form_groups`)
   4. every Q/DQ no group absorbed is a standalone Reformat, with the reason (this module).
 
-Validated against three real TensorRT 8.4 engines of a QAT ResNet18 (10, 3 and 1 standalone Q/DQ
-at the same places; tests/graph/test_lint_resnet18.py).
+Validated against real engines (shared/fixtures/trtexec, networks rebuilt from scratch in the tests):
+QAT ResNet18, TensorRT 8.4 (10, 3 and 1 standalone Q/DQ; tests/graph/test_lint_resnet18.py);
+MobileNetV2, TensorRT 8.4 and 8.2 (17 and 2) and a TensorFlow ResNet50, TensorRT 8.4 (1), with every
+layer's INT8/float precision (tests/graph/test_lint_mobilenet_resnet50.py). docs/lint.md lists them.
 """
 from __future__ import annotations
 
