@@ -59,6 +59,10 @@ class QuantizeJob:
             raise InputError(f"annotation file not found: {ev.val_ann}", "Pass a COCO JSON file")
         if (ev.origin or ev.ptq) and ev.val_dir is None:
             raise UsageError("--eval-origin/--eval-ptq need --val DIR", "Add a folder of validation images")
+        if ev.val_dir is not None:  # labelled mAP and label-free agreement mAP are both COCO evaluations:
+            from ._deps import require  # fail now, not after calibration or a QAT epoch
+
+            require("pycocotools", purpose="evaluating on --val (COCO mAP)")
         if self.resume:
             from .quant.qat import qat_paths
 
