@@ -206,3 +206,26 @@ def test_batchnorm_params_through_identity_stay_a_float_layer():
     assert layers["c1"].precision == "INT8" and layers["c1"].output == "float"   # int8-in/float-out, free
     assert {s.name: s.rule_id for s in kept.standalone} == {"c1_in_q": "LINT001", "c2_in_q": "LINT007"}
     assert [f.nodes for f in kept.findings if f.rule_id == "LINT009"] == [("bn",)]
+
+
+def test_plugin_op_in_default_domain_is_a_warning_not_a_refusal():
+    from onnx import TensorProto
+
+    from trtqat.graph.lint import lint_model
+    from trtqat.graph.parser_checks import check_model_proto
+
+    def model(domain: str):
+        b = QdqBuilder()
+        y = b.node("Relu", ["x"], "relu")
+        b.nodes.append(helper.make_node("EfficientNMS_TRT", [y], ["z"], name="nms", domain=domain))
+        g = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2])])
+        ops = [helper.make_opsetid("", 13)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        m = helper.make_model(g, opset_imports=ops)
+        m.ir_version = 8
+        return m
+
+    assert check_model_proto(model("TRT")) == []
+    [f] = check_model_proto(model(""))
+    assert (f.rule_id, f.severity) == ("PARSE013", "warning") and "EfficientNMS_TRT" in f.hazard
+    assert not lint_model(model("")).refused

@@ -97,6 +97,13 @@ def check_model_proto(model: onnx.ModelProto) -> list[Finding]:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.startswith("No Op registered for"):
+            # TensorRT's parser falls back to a plugin of that name (e.g. EfficientNMS_TRT exported into the
+            # default domain), so this alone is no reason to refuse; the checker stopped there, though.
+            return [_f("PARSE013", "model", f"onnx.checker: {first}; TensorRT needs a plugin of that name, and the "
+                       "checker's remaining checks did not run", "Put custom ops in their own domain "
+                       "(e.g. 'TRT') so the ONNX checker can validate the rest", severity="warning",
+                       help_=_HELP_ONNX)]
         return [_f("PARSE011", "model", f"onnx.checker rejects the model: {first}",
                    "Fix the export (the TensorRT parser needs a valid ONNX model); run onnx.checker.check_model("
                    "model, full_check=True) to see every problem", help_=_HELP_ONNX)]
