@@ -128,3 +128,23 @@ def test_quantize_checks_pycocotools_before_calibrating(monkeypatch, tmp_path, e
     assert res.exit_code == 2, res.output
     assert "'pycocotools' is required for evaluating on --val" in res.output
     assert not ptq.exists() and "calibrating" not in res.output
+
+
+def test_ptq_checkpoint_runs_fake_quant_like_its_qdq_onnx(eval_models, tmp_path):
+    from trtqat.quant.export import ExportConfig, export_model
+    from trtqat.quant.ptq import CalibConfig, QuantConfig, run_ptq
+
+    m = eval_models
+    ptq = tmp_path / "ptq.pt"
+    run_ptq(m.ckpt, repo=m.repo, out=ptq, qconf=QuantConfig(use_rules=False),
+            calib=CalibConfig(calib_dir=m.val, size=SIZE, batch_size=4, calib_batches=1, method="max"))
+    qdq = tmp_path / "ptq.onnx"
+    export_model(ptq, m.repo, ExportConfig(size=SIZE, save=qdq, dynamic=True, float_dtype="fp32", verify=False))
+    res = run("eval", ptq, qdq, m.ckpt, "--repo", m.repo, "--val", m.val, "--size", SIZE, "--conf-thres", 0.05,
+              "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [(r["format"], r["kind"]) for r in rows] == [("checkpoint", "ptq"), ("onnx", "ptq"), ("checkpoint", "float")]
+    torch_q, onnx_q, float_ = (r["detections"] for r in rows)
+    assert torch_q != float_  # fake-quant is on for a trtqat checkpoint
+    assert abs(onnx_q - torch_q) <= 0.05 * torch_q, (onnx_q, torch_q)
