@@ -221,3 +221,18 @@ def test_engine_compare_clone_and_merged_names():
     assert cmp.agree == ("ca_in_q", "cc_in_q") and cmp.engine_only == cmp.engine_unknown == ()
     names_only = compare_with_engine(report, {"Layers": ["cc_in_q_clone_1", "Conv_1"]}, names)
     assert names_only.agree == ("cc_in_q",) and names_only.engine_standalone_qdq == 1
+
+
+def test_tf_resnet50_engine_compare_with_engine_names():
+    info = _fixture("trt8.4_rtx3090_tf-resnet50-qat_best.graph.json")
+    model = tf_resnet50()
+    rename = {"conv1_in_q": "QuantLinearNode__838", "pool1_pool": "resnet50/pool1_pool/MaxPool",
+              "avg_pool": "resnet50/quant_avg_pool/Mean", "predictions_softmax": "resnet50/quant_predictions/Softmax"}
+    for n in model.graph.node:
+        n.name = rename.get(n.name, n.name)
+    names = {n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    cmp = compare_with_engine(lint_model(model), info, names)
+    assert (cmp.engine_standalone_qdq, cmp.agree, cmp.predicted_only, cmp.engine_only) == (
+        1, ("QuantLinearNode__838",), (), ())
+    assert sorted(cmp.precision_agree) == sorted(v for k, v in rename.items() if k != "conv1_in_q")
+    assert cmp.precision_disagree == ()
