@@ -236,3 +236,11 @@ def test_tf_resnet50_engine_compare_with_engine_names():
         1, ("QuantLinearNode__838",), (), ())
     assert sorted(cmp.precision_agree) == sorted(v for k, v in rename.items() if k != "conv1_in_q")
     assert cmp.precision_disagree == ()
+
+
+@pytest.mark.parametrize("version", ["8.6", "10", "11"])
+def test_same_prediction_for_every_modelled_trt_version(version):
+    """The engines are TensorRT 8.2/8.4; lint models 8.6 and later, whose table changes none of these rules."""
+    counts = [lint_model(m, trt_version=version).summary["standalone_qdq"]
+              for m in (mobilenetv2("convonly"), mobilenetv2("residual"), tf_resnet50())]
+    assert counts == [17, 2, 1]
