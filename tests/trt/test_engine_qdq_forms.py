@@ -96,3 +96,14 @@ def test_clone_suffix_names_the_onnx_quantize(tmp_path):
         ("QuantizeLinear_45_clone_0", ("QuantizeLinear_45",), "quantize"),
         ("QuantizeLinear_45_clone_1", ("QuantizeLinear_45",), "quantize")]
     assert make_report(EnginePlan.from_files(path)).reformat_counts["qdq"] == 2
+
+
+def test_draw_highlights_trt82_scale_as_quantize(fixtures):
+    import re
+
+    from trtqat.trt.draw import render_svg
+
+    svg = render_svg(EnginePlan.from_files(fixtures / MBV2.format("8.2", "convonly")))
+    assert len(re.findall(r'stroke="#d62728" stroke-width="4"', svg)) == 17   # the Scale-as-Q layers
+    assert len(re.findall(r'stroke="#ff7f0e" stroke-width="4"', svg)) == 12   # 8.2's layout copies
+    assert "85 layers, 29 reformats" in svg

@@ -137,7 +137,7 @@ def render_svg(plan: EnginePlan) -> str:
     )
     title = (
         f'<text x="{MARGIN}" y="{MARGIN + 4}" font-size="14" font-weight="bold">{escape(plan.name)}: '
-        f"{len(plan.layers)} layers, {len(plan.reformats)} reformats</text>"
+        f"{len(plan.layers)} layers, {len(plan.conversions)} reformats</text>"
     )
     out = [header, '<rect width="100%" height="100%" fill="white"/>', title]
     x = MARGIN
@@ -189,7 +189,7 @@ def render_png(plan: EnginePlan, out: Path, dpi: int = 100) -> Path:
     ax.text(
         MARGIN,
         MARGIN + 4,
-        f"{plan.name}: {len(plan.layers)} layers, {len(plan.reformats)} reformats",
+        f"{plan.name}: {len(plan.layers)} layers, {len(plan.conversions)} reformats",
         fontsize=11,
         weight="bold",
         va="center",
