@@ -62,6 +62,7 @@ def _unlabelled(tmp_path, eval_models):
     ("no_labels", "no labels for the 8 images"),
     ("missing_ann", "annotation file not found"),
     ("batch_size", "--batch-size must be >= 1"),
+    ("device", "--device 'gpu' is not a device"),
 ])
 def test_bad_input_is_one_line_exit_2(case, message, tmp_path, eval_models):
     m = eval_models
@@ -86,6 +87,8 @@ def test_bad_input_is_one_line_exit_2(case, message, tmp_path, eval_models):
         args += ["--val-ann", tmp_path / "instances.json"]
     elif case == "batch_size":
         args += ["--batch-size", 0]
+    elif case == "device":
+        args += ["--device", "gpu"]
     res = run("eval", *args)
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output

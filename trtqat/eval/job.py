@@ -12,6 +12,7 @@ that have one (they must agree); else the ``size`` an exported ONNX records in i
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class EvalJob:
             raise UsageError(f"--size must be positive, got {self.size}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"--device {self.device!r} is not a device", "Use cpu, cuda or cuda:N")
         if self.val_images is not None and self.val_images < 1:
             raise UsageError(f"--val-images must be >= 1, got {self.val_images}")
         if self.val_ann is not None and not Path(self.val_ann).is_file():
