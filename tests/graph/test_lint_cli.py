@@ -134,3 +134,16 @@ def test_engine_layers(residual_onnx, tmp_path):
     bad.write_text("{not json")
     r = _run("lint", residual_onnx, "--engine-layers", bad)
     assert r.exit_code == 2 and "not a JSON layer-info file" in r.stderr
+
+
+def test_engine_layers_trt82_scale_as_quantize(tmp_path):
+    from qdq_builders import mobilenetv2
+    fixture = FIXTURES / "trt8.2_titanrtx_mobilenetv2-qat-convonly_best.graph.json"
+    if not fixture.is_file():
+        pytest.skip(f"fixture {fixture} absent")
+    path = tmp_path / "mbv2.onnx"
+    onnx.save(mobilenetv2("convonly"), path)
+    eng = json.loads(_run("lint", path, "--json", "--engine-layers", fixture).stdout)["engine"]
+    # 17 Scale-as-Quantize layers, named after the original export's nodes (not ours: other exporter).
+    assert eng["engine_standalone_qdq"] == 17 and len(eng["engine_unknown"]) == 17
+    assert "QuantizeLinear_98" in eng["engine_unknown"] and eng["agree"] == []
