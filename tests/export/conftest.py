@@ -70,3 +70,31 @@ def cli_export(ptq_checkpoint, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_ptq(trained_checkpoint, request, tmp_path_factory):
+    """Factory ``family -> (ptq.pt, repo, calib_dir)``: PTQ of the committed trained detector (default rules,
+    MSE, 16 shapes images at 320), cached; the calibration folder doubles as verification input (objects
+    in view, unlike seeded noise). Skips when the trained fixture is not committed yet."""
+    from trtqat.demo.trained import trained_path
+    from trtqat.quant.ptq import CalibConfig, run_ptq
+
+    root = tmp_path_factory.mktemp("trained_ptq")
+    cache: dict[str, tuple[Path, Path, Path]] = {}
+
+    def get(family: str) -> tuple[Path, Path, Path]:
+        if not trained_path(family).is_file():
+            pytest.skip(f"trained {family} fixture not committed ({trained_path(family)}; make fixtures)")
+        if family not in cache:
+            shapes_val = request.getfixturevalue("shapes_val")  # generated only when a test needs it
+            before = upstream_modules()
+            ckpt, repo = trained_checkpoint(family)
+            out = root / f"{family}_ptq.pt"
+            run_ptq(ckpt, repo=repo, out=out,
+                    calib=CalibConfig(calib_dir=shapes_val.val_images, size=320, batch_size=8, calib_batches=2))
+            restore(before)
+            cache[family] = (out, repo, shapes_val.val_images)
+        return cache[family]
+
+    return get

@@ -182,8 +182,10 @@ def test_no_quant_trtqat_checkpoint_disables_quantizers(ptq_checkpoint, tmp_path
     ckpt, repo = ptq_checkpoint("yolov7")
     res = export_model(ckpt, repo, ExportConfig(size=SIZE, no_quant=True, float_dtype="fp32", save=tmp_path / "f.onnx"))
     assert res.kind == "float" and res.qdq["quantize"] == 0
-    (check,) = res.verification.checks
-    assert check.limit_max_abs is not None and check.max_abs <= check.limit_max_abs and check.cosine > 0.9999
+    checks = res.verification.checks
+    assert [c.part for c in checks] == ["boxes", "objectness", "classes", "top class"]
+    for check in checks:  # float FP32: tight on every part, no noise-floor relaxation needed
+        assert check.limit_max_abs is not None and check.max_abs <= check.limit_max_abs and check.cosine > 0.9999
 
 
 def test_shared_quantizers_export_identical_scales(ptq_checkpoint, tmp_path):
@@ -239,7 +241,7 @@ def test_failed_verification_exit_1_and_writes_nothing(ptq_checkpoint, tmp_path,
     ckpt, repo = ptq_checkpoint("yolov5")
     res = run_cli("export", ckpt, "--repo", repo, "--size", SIZE, "--float-dtype", "fp32", "--save", tmp_path / "v.onnx")
     assert res.exit_code == 1
-    assert "ONNX (fp32) and PyTorch disagree on output 'output' at batch 1" in res.stderr
+    assert "ONNX (fp32) and PyTorch disagree on output 'output' (" in res.stderr and "at batch 1" in res.stderr
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind
 
 

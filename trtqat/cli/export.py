@@ -43,6 +43,7 @@ Example:
 def export(ckpt: Path, repo, size, save, dynamic, dynamic_hw, opset, head, float_dtype, no_quant, simplify, verify,
            calib_dir, batch, as_json):
     from ..quant.export import ExportConfig, export_model
+    from ..quant.verify import CONF_MATTERS, TOP_ROWS
 
     config = ExportConfig(size=size, save=save, dynamic=dynamic, dynamic_hw=dynamic_hw, opset=opset, head=head,
                           float_dtype=float_dtype, no_quant=no_quant, simplify=simplify, verify=verify,
@@ -55,11 +56,16 @@ def export(ckpt: Path, repo, size, save, dynamic, dynamic_hw, opset, head, float
     print_table(f"trtqat export: {result.path}", ["item", "value"], _rows(summary))
     ver = summary["verification"]
     if ver:
-        print_table(f"verification vs PyTorch ({ver['source']})",
-                    ["graph", "batch", "output", "max abs err", "limit", "cosine", "min cosine", "ok"],
-                    [(c["graph"], c["batch"], c["output"], c["max_abs"], c["limit_max_abs"], f"{c['cosine']:.6f}",
-                      c["min_cosine"], "yes" if c["passed"] else "NO") for c in ver["checks"]],
-                    justify=["left", "right", "left", "right", "right", "right", "right", "left"])
+        print_table(f"verification vs PyTorch ({ver['source']}; boxes and max abs errors on the rows that "
+                    f"matter: confidence > {CONF_MATTERS} or top {TOP_ROWS})",
+                    ["graph", "batch", "output", "part", "rows", "measure", "value", "minimum", "max abs err",
+                     "limit", "ok"],
+                    [(c["graph"], c["batch"], c["output"], c.get("part", "all"), c.get("rows") or "all",
+                      c.get("measure", "cosine"), f"{c['cosine']:.6f}", c["min_cosine"], f"{c['max_abs']:.4g}",
+                      "-" if c["limit_max_abs"] is None else f"{c['limit_max_abs']:.4g}",
+                      "yes" if c["passed"] else "NO") for c in ver["checks"]],
+                    justify=["left", "right", "left", "left", "right", "left", "right", "right", "right", "right",
+                             "left"])
     for note in summary["notes"]:
         say(f"note: {note}")
     say(f"ONNX written to {result.path}")
