@@ -6,11 +6,16 @@ Two rules of ``rules/*.yaml`` call for Q/DQ an exporter may have left out:
   INT8 only when the *other* addend (the skip) is INT8 (developer guide, "Q/DQ Layer-Placement
   Recommendations"; ModelOpt's ``build_non_residual_input_map`` does the same). Inserted: one Q/DQ on the
   skip input of an Add whose inputs carry none (ModelOpt's torch path, pytorch-quantization's default).
+- ``align`` ops with several outputs (TQ004, e.g. the ``Split`` of a C2f block): when every output is
+  quantized but the input is not, TensorRT can neither move the DQs forward (no DQ on the input) nor the
+  Qs backward (several outputs), so the Split runs in float and each Q stays standalone. A Q/DQ on the
+  input, with the scale of the group the op ties, lets the whole block run INT8.
 - ``float-fanout`` in ``quantize-input`` mode (TQ007): a tensor read by a Quantize and by a float detect
   conv keeps a standalone Quantize; the float conv gets an INT8 input with its sibling's scale and INT8
   per-channel weights (amax = max |w| per output channel), its output stays float.
 
-Where the tensor is already read by an activation Q, the new Q takes that Q's scale: no data is needed and
+Where the tensor is already read by an activation Q (or, for an align op, its outputs are), the new Q
+takes that Q's scale: no data is needed and
 no value is clipped that was not clipped before. Otherwise the scale must come from data (``--calib``);
 without it the insertion is only reported as a suggestion.
 """
@@ -25,6 +30,7 @@ import onnx_graphsurgeon as gs
 from .normalize_qdq import is_activation_q
 from .policy import Policy
 from .qdq import constant_value, consumer_map, is_dq, is_q, opset_of, producer_map, read_qparams
+from .scale_groups import find_scale_sets
 
 #: int8 narrow-range bound, as every trtqat and pytorch-quantization quantizer uses
 BOUND = 127.0
@@ -35,10 +41,10 @@ class Insertion:
     """Q/DQ that a rule asks for on ``tensor`` in front of ``node``."""
 
     rule: str
-    kind: str  # "residual-add" | "float-fanout"
+    kind: str  # "residual-add" | "align-input" | "float-fanout"
     node: str
     tensor: str
-    sibling_q: str  # an existing activation Q reading ``tensor`` (its scale is reused), or ""
+    sibling_q: str  # an existing activation Q of the same scale group (its scale is reused), or ""
 
     @property
     def needs_data(self) -> bool:
@@ -50,13 +56,13 @@ class Insertion:
 
 
 def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
-    """Every Q/DQ the enabled residual-add and quantize-input float-fanout rules ask for."""
+    """Every Q/DQ the enabled residual-add, multi-output align and quantize-input float-fanout rules ask for."""
     cons = consumer_map(graph)
     prod = producer_map(graph)
     outputs = {t.name for t in graph.outputs}
 
     def act_q_of(name: str) -> str:
-        return next((c.name for c in cons.get(name, []) if is_activation_q(c)), "")
+        return next((c.name for c in cons.get(name, []) if is_activation_q(c) and c.inputs[0].name == name), "")
 
     out: list[Insertion] = []
     residual = [r for r in policy.active("residual-add")]
@@ -70,6 +76,16 @@ def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
             continue  # not between quantized layers
         skip = max(ins, key=lambda t: len(cons.get(t.name, [])))  # the skip tensor also feeds the block
         out.append(Insertion(residual[0].id, "residual-add", node.name, skip.name, act_q_of(skip.name)))
+    group_q = {t: s.q_nodes[0] for s in find_scale_sets(graph, policy, min_q=1).sets for t in s.tensors}
+    for node in graph.nodes:
+        rule = next((r for r in policy.active("align") if node.op in r.ops), None)
+        if rule is None or len(node.outputs) < 2 or not node.inputs:
+            continue
+        x = node.inputs[0]
+        if constant_value(x) is not None or (x.name in prod and is_dq(prod[x.name])) or act_q_of(x.name):
+            continue
+        if x.name in group_q:  # the op ties its input to quantized outputs: that group's scale applies
+            out.append(Insertion(rule.id, "align-input", node.name, x.name, group_q[x.name]))
     fanout = policy.active("float-fanout")
     if fanout and fanout[0].mode == "quantize-input":
         for t_name, readers in cons.items():
@@ -84,7 +100,7 @@ def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
 
 def _in_int8_region(t: gs.Tensor, prod: dict[str, gs.Node], cons: dict[str, list[gs.Node]]) -> bool:
     """A tensor written (through pointwise ops) by a conv with a quantized input, or read by a Q."""
-    if any(is_activation_q(c) for c in cons.get(t.name, [])):
+    if any(is_activation_q(c) and c.inputs[0] is t for c in cons.get(t.name, [])):
         return True
     seen = 0
     while t.name in prod and seen < 8:

@@ -138,8 +138,8 @@ def merge_duplicate_dqs(graph: gs.Graph) -> int:
     """Merge DequantizeLinear nodes that read one tensor with equal parameters into the first one."""
     cons = consumer_map(graph)
     merged = 0
-    for consumers in cons.values():
-        dqs = [n for n in consumers if is_dq(n)]
+    for name, consumers in cons.items():
+        dqs = [n for n in consumers if is_dq(n) and n.inputs[0].name == name and n.outputs]
         kept: list[gs.Node] = []
         for dq in dqs:
             twin = next((k for k in kept if _same_dq(k, dq)), None)

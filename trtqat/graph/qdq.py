@@ -199,7 +199,7 @@ def merge_equal_scale_qs(graph: gs.Graph) -> dict[str, list[str]]:
     merged: dict[str, list[str]] = {}
     cons = consumer_map(graph)
     for tensor in list(graph.tensors().values()):
-        qs = [n for n in cons.get(tensor.name, []) if is_q(n)]
+        qs = [n for n in cons.get(tensor.name, []) if is_q(n) and n.inputs[0] is tensor]  # not a shared scale
         if len(qs) < 2:
             continue
         for group in equal_scale_groups(qs):
