@@ -95,12 +95,21 @@ def num_classes(model) -> int:
 
 def run_quantize(job: QuantizeJob, *, progress: ProgressFactory = _no_progress,
                  on_epoch: Callable[[dict, bool], None] | None = None) -> QuantizeOutcome:
-    """PTQ (unless resuming), QAT when asked, evaluation when ``--val`` is given, summary JSON file."""
-    from .quant.distributed import dist_env
+    """PTQ (unless resuming), QAT when asked, evaluation when ``--val`` is given, summary JSON file.
+
+    Under torchrun every rank runs this; a failure on any rank ends all of them with one error
+    (:func:`trtqat.quant.distributed.ranks_fail_together`)."""
+    from .quant.distributed import dist_env, ranks_fail_together
+
+    env = dist_env()
+    with ranks_fail_together(env):
+        return _quantize(job, env, progress, on_epoch)
+
+
+def _quantize(job: QuantizeJob, env, progress: ProgressFactory, on_epoch) -> QuantizeOutcome:
     from .quant.ptq import run_ptq
 
     job.validate()
-    env = dist_env()
     outcome = QuantizeOutcome(is_main=env.is_main)
     if not job.resume:
         bar, advance, set_total = progress("calibrating")
@@ -115,6 +124,8 @@ def run_quantize(job: QuantizeJob, *, progress: ProgressFactory = _no_progress,
             return outcome
         model, teacher = qat.model, qat.teacher
         outcome.summary["qat"] = qat.summary()
+    if not env.is_main:  # rank 0 evaluates and writes the summary
+        return outcome
     if job.evaluation.val_dir is not None:
         outcome.summary["eval"] = evaluate_models(model, teacher, job, final="qat" if job.qat is not None else "ptq")
     target = job.qat_out or job.ptq_out
@@ -127,6 +138,47 @@ def run_quantize(job: QuantizeJob, *, progress: ProgressFactory = _no_progress,
     return outcome
 
 
+#: with --val, every SELECTION_EVERY-th image (sorted order, from the first) picks the best QAT epoch and
+#: the others make the final table, so the reported QAT number is not the one it was selected on
+SELECTION_EVERY = 4
+
+
+@dataclass(frozen=True)
+class EpochSelection:
+    """Where the best QAT epoch is chosen, and which ``--val`` images the final table keeps."""
+
+    source: str  # "val-split" (held-out part of --val) or "train" (fidelity on --train images)
+    files: list[Path]  # the images the epochs are scored on
+    table_files: list[Path] | None  # --val images left for the final table (None: all of --val)
+
+    def describe(self, labelled: bool) -> dict:
+        metric = "mAP@0.5:0.95" if labelled and self.source == "val-split" else "SQNR dB vs float"
+        where = (f"{len(self.files)} held-out --val images (every {SELECTION_EVERY}th)" if self.source == "val-split"
+                 else f"{len(self.files)} --train images")
+        table = (f"the other {len(self.table_files)} --val images" if self.table_files is not None
+                 else "all --val images")
+        return {"source": self.source, "images": len(self.files), "metric": metric,
+                "table_images": len(self.table_files) if self.table_files is not None else None,
+                "note": f"best QAT epoch chosen by {metric} on {where}; table on {table}"}
+
+
+def epoch_selection(job: QuantizeJob, train_files: list[Path]) -> EpochSelection:
+    """The deterministic split behind the best-epoch choice (same answer on every call and every rank).
+
+    With ``--val`` of at least two images (after ``--val-images``): every :data:`SELECTION_EVERY`-th
+    image selects, the rest is the table. Otherwise the first 32 (or ``--val-images``) ``--train`` images
+    select by fidelity to the float model and the table keeps all of ``--val``."""
+    from .data.images import find_images
+
+    ev = job.evaluation
+    if ev.val_dir is not None:
+        files = find_images(ev.val_dir)[:ev.val_images] if ev.val_images else find_images(ev.val_dir)
+        if len(files) >= 2:
+            held = files[::SELECTION_EVERY]
+            return EpochSelection("val-split", held, [f for f in files if f not in set(held)])
+    return EpochSelection("train", train_files[:ev.val_images or 32], None)
+
+
 def _run_qat(job: QuantizeJob, ptq: PtqResult | None, progress: ProgressFactory, on_epoch):
     from .data.images import find_images
     from .eval.evaluate import EvalConfig, epoch_scorer, eval_set
@@ -134,12 +186,13 @@ def _run_qat(job: QuantizeJob, ptq: PtqResult | None, progress: ProgressFactory,
 
     qcfg, ev = job.qat, job.evaluation
     train_files = find_images(job.train_dir)
-    ecfg = EvalConfig(size=qcfg.size, batch_size=qcfg.batch_size, conf_thres=ev.conf_thres, iou_thres=ev.iou_thres,
-                      max_images=ev.val_images if ev.val_dir is not None else (ev.val_images or 32))
-    if ev.val_dir is not None:
-        scoring = eval_set(ev.val_dir, ecfg, ann=ev.val_ann, nc=num_classes(ptq.model) if ptq else 80, cache=True)
-    else:  # epoch selection on train images is label-free (fidelity to the teacher)
-        scoring = eval_set(job.train_dir, ecfg, files=train_files, cache=True, labels=False)
+    ecfg = EvalConfig(size=qcfg.size, batch_size=qcfg.batch_size, conf_thres=ev.conf_thres, iou_thres=ev.iou_thres)
+    selection = epoch_selection(job, train_files)
+    if selection.source == "val-split":
+        scoring = eval_set(ev.val_dir, ecfg, ann=ev.val_ann, nc=num_classes(ptq.model) if ptq else 80,
+                           files=selection.files, cache=True)
+    else:  # label-free: fidelity to the teacher on training images
+        scoring = eval_set(job.train_dir, ecfg, files=selection.files, cache=True, labels=False)
     meta = {}
     if ptq is not None:
         meta = {"family": ptq.loaded.family.name, "source": str(ptq.loaded.path), "size": qcfg.size,
@@ -147,9 +200,11 @@ def _run_qat(job: QuantizeJob, ptq: PtqResult | None, progress: ProgressFactory,
     bar, advance, set_total = progress("QAT")
     set_total(qcfg.epochs * qcfg.iters)
     with bar:
-        return train_qat(ptq.model if ptq else None, train_files, job.qat_out, qcfg, scorer=epoch_scorer(scoring),
-                         meta=meta, resume=job.resume, repo=job.repo, progress=advance,
-                         on_epoch=(lambda rec: on_epoch(rec, scoring.labelled)) if on_epoch else None)
+        result = train_qat(ptq.model if ptq else None, train_files, job.qat_out, qcfg, scorer=epoch_scorer(scoring),
+                           meta=meta, resume=job.resume, repo=job.repo, progress=advance,
+                           on_epoch=(lambda rec: on_epoch(rec, scoring.labelled)) if on_epoch else None)
+    result.selection = selection.describe(scoring.labelled)
+    return result
 
 
 def evaluate_models(model, teacher, job: QuantizeJob, *, final: str) -> dict:
@@ -163,7 +218,9 @@ def evaluate_models(model, teacher, job: QuantizeJob, *, final: str) -> dict:
     device = resolve_device(calib.device)
     ecfg = EvalConfig(size=calib.size, batch_size=calib.batch_size, conf_thres=ev.conf_thres, iou_thres=ev.iou_thres,
                       max_images=ev.val_images)
-    data = eval_set(ev.val_dir, ecfg, ann=ev.val_ann, nc=num_classes(model), cache=True)
+    selection = epoch_selection(job, []) if job.qat is not None else None  # the table skips its images
+    data = eval_set(ev.val_dir, ecfg, ann=ev.val_ann, nc=num_classes(model), cache=True,
+                    files=selection.table_files if selection else None)
     reference = None if data.labelled else teacher
     runs = []
     if ev.origin and data.labelled:
@@ -182,4 +239,5 @@ def evaluate_models(model, teacher, job: QuantizeJob, *, final: str) -> dict:
         to_device(reference, "cpu")
     return {"labelled": data.labelled, "labels": data.gt.source if data.gt else None, "images": len(data.files),
             "conf_thres": ev.conf_thres, "iou_thres": ev.iou_thres, "origin_skipped": ev.origin and not data.labelled,
+            "epoch_selection": selection.describe(data.labelled)["note"] if selection else None,
             "rows": [r.to_dict() for r in rows]}

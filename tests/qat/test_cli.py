@@ -52,7 +52,11 @@ def test_quantize_qat_eval_flow(yolo_checkpoint, calib_images, tmp_path):
     out = json.loads(res.stdout)
     assert out["family"] == "yolov5" and out["qat"]["best_epoch"] in (0, 1)
     assert [r["name"] for r in out["eval"]["rows"]] == ["float", "ptq", "qat"]
-    assert out["eval"]["labelled"] and out["eval"]["images"] == 4
+    # the best epoch is chosen on every 4th --val image (1 of 4), the table reports the 3 others
+    assert out["eval"]["labelled"] and out["eval"]["images"] == 3
+    assert out["qat"]["selection"] == {"source": "val-split", "images": 1, "metric": "mAP@0.5:0.95",
+                                       "table_images": 3, "note": out["eval"]["epoch_selection"]}
+    assert out["qat"]["lr_phases"] == {"warmup": 0, "peak": 2, "cooldown": 0}  # a 2-epoch run reaches --lr
     assert all(0.0 <= r["map"] <= 1.0 for r in out["eval"]["rows"])
     summary = json.loads((tmp_path / "qat.summary.json").read_text())
     assert summary["eval"] == out["eval"]

@@ -13,7 +13,9 @@ from trtqat.quant.qat import (
     QatConfig,
     capture_outputs,
     lr_for_epoch,
+    lr_phases,
     qat_paths,
+    schedule_warning,
     sharing_groups,
     supervision_layers,
     train_qat,
@@ -37,6 +39,23 @@ def train_files(tmp_path_factory):
 def test_reference_lr_schedule():
     assert [lr_for_epoch(e) for e in range(10)] == pytest.approx([1e-6] * 3 + [1e-5] * 5 + [1e-6] * 2, rel=1e-9)
     assert lr_for_epoch(4, peak=1e-4) == 1e-4 and lr_for_epoch(0, peak=1e-4) == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("epochs,expected", [
+    (1, [1.0]), (2, [1.0, 1.0]), (3, [1.0, 1.0, 1.0]), (4, [0.1, 1.0, 1.0, 1.0]),
+    (5, [0.1, 1.0, 1.0, 1.0, 0.1]), (20, [0.1] * 6 + [1.0] * 10 + [0.1] * 4)])
+def test_lr_schedule_scales_with_the_run(epochs, expected):
+    assert [lr_for_epoch(e, 1.0, epochs) for e in range(epochs)] == pytest.approx(expected)
+    warm, peak, cool = lr_phases(epochs)
+    assert warm + peak + cool == epochs and peak >= 1  # every run reaches --lr
+    assert schedule_warning(QatConfig(epochs=epochs)) is None
+
+
+def test_schedule_warning_when_a_resumed_run_cannot_reach_the_peak():
+    cfg = QatConfig(epochs=10, lr=1e-4)
+    assert schedule_warning(cfg, start=7) is None  # epoch 7 is still at the peak
+    line = schedule_warning(cfg, start=8)
+    assert "epochs 8-9" in line and "1.0e-05" in line and "epochs 3-7" in line and "\n" not in line
 
 
 def test_supervision_layers():

@@ -26,14 +26,16 @@ Examples:
   trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt \\
       --qat qat.pt --train train_images/ --val val2017/ --val-ann instances_val2017.json \\
       --eval-origin --eval-ptq
-  torchrun --nproc_per_node 4 -m trtqat quantize ... --qat qat.pt --train DIR   (multi-GPU QAT)
+  torchrun --nproc_per_node 4 -m trtqat quantize ... --qat qat.pt --train DIR   (multi-GPU PTQ + QAT)
 
 QAT needs no labels: the calibrated model with quantization off is the teacher and the loss is the MSE of
-every layer's output before the detect head. Learning rate: epochs 0-2 use LR/10, 3-7 LR, 8+ LR/10
-(LR = --lr, default 1e-5: the reference 1e-6 / 1e-5 / 1e-6). Each epoch writes <qat>.last.pt and
-<qat>.state.pt atomically; --resume continues after Ctrl-C or a crash. The best epoch (mAP with labels,
-else SQNR against the float model) is written to --qat. With --val the float / PTQ / QAT table is printed
-and written to <qat or ptq stem>.summary.json.
+every layer's output before the detect head. Learning rate: the first 30 % of the epochs (rounded down)
+use LR/10, the last 20 % LR/10, the rest LR (LR = --lr, default 1e-5; 10 epochs give the reference
+1e-6 / 1e-5 / 1e-6; 3 epochs or fewer all run at LR). Each epoch writes <qat>.last.pt and <qat>.state.pt
+atomically; --resume continues after Ctrl-C or a crash. The best epoch is written to --qat: it is chosen
+on every 4th --val image (mAP with labels, else SQNR against the float model), and the float / PTQ / QAT
+table uses the other --val images; without --val, by SQNR on --train images. The table is written to
+<qat or ptq stem>.summary.json.
 
 {PICKLE_WARNING}""")
 @checkpoint_argument
@@ -49,10 +51,11 @@ and written to <qat or ptq stem>.summary.json.
               help="Run QAT and write the best epoch here (needs --train).")
 @click.option("--train", "train_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of training images for QAT (labels not needed).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="QAT epochs.")
+@click.option("--epochs", type=int, default=10, show_default=True,
+              help="QAT epochs (30 % warm-up and 20 % cool-down at LR/10, rounded down; the rest at --lr).")
 @click.option("--iters", type=int, default=200, show_default=True, help="QAT batches per epoch (of --batch-size).")
 @click.option("--lr", type=float, default=1e-5, show_default=True,
-              help="Peak learning rate (epochs 3-7); epochs 0-2 and 8+ use LR/10.")
+              help="Peak learning rate, reached by every run (10 epochs: epochs 3-7; 0-2 and 8-9 use LR/10).")
 @click.option("--supervision-stride", type=int, default=1, show_default=True,
               help="Distil every N-th top-level layer (plus the last before the detect head).")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value [default: off].")
@@ -108,6 +111,8 @@ def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, qat_out, t
             say(f"PTQ checkpoint written to {outcome.ptq.saved}")
     if "eval" in out:
         _print_eval(out["eval"], out["eval"]["origin_skipped"])
+        if out["eval"].get("epoch_selection"):
+            say(out["eval"]["epoch_selection"])
     if "summary" in out:
         say(f"summary written to {out['summary']}")
 

@@ -15,11 +15,14 @@ import numpy as np
 import torch
 
 from ..calib.amax import histogram_amax
+from ..data.images import ImageStream
 from ..errors import InputError
 from ..models.device import set_memory_format
 from .calibrator import FastHistogramCalibrator, release_buffers
+from .distributed import DistEnv, active, dist_env, init_process_group
 from .modes import calibration_mode
 from .quantizers import is_weight_quantizer, named_quantizers, set_amax, weight_amax
+from .sharded_calibration import collect_sharded, split_amax_search
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,10 @@ class CalibResult:
     seconds_amax: float = 0.0
     amax: dict[str, float] = field(default_factory=dict)  # activation quantizer name -> amax
     unseen: list[str] = field(default_factory=list)  # quantizers that saw no tensor
+    ranks: int = 1  # processes that shared the batches (torchrun)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "batches": self.batches, "images": self.images,
+        return {"method": self.method, "batches": self.batches, "images": self.images, "ranks": self.ranks,
                 "seconds_collect": round(self.seconds_collect, 3), "seconds_amax": round(self.seconds_amax, 3),
                 "unseen": self.unseen}
 
@@ -70,11 +74,17 @@ def collect_statistics(model, batches: Iterable, device: str | torch.device = "c
     return n_batches, n_images
 
 
-def compute_amax(model, method: str = "mse", percentile: float = 99.99) -> tuple[dict[str, float], list[str]]:
-    """Load amax into every quantizer from its collected histogram (activations) or weights."""
+def compute_amax(model, method: str = "mse", percentile: float = 99.99,
+                 env: DistEnv | None = None) -> tuple[dict[str, float], list[str]]:
+    """Load amax into every quantizer from its collected histogram (activations) or weights.
+
+    Under torchrun (``env`` distributed, histograms already merged) each rank searches its share of the
+    activation quantizers and the values are gathered, so every rank loads the same amax.
+    """
     amax: dict[str, float] = {}
     unseen: list[str] = []
     modules = dict(model.named_modules())
+    histograms = {}
     for name, q in named_quantizers(model):
         if is_weight_quantizer(name):
             owner = modules[name.rsplit(".", 1)[0]]
@@ -88,8 +98,17 @@ def compute_amax(model, method: str = "mse", percentile: float = 99.99) -> tuple
         if counts is None:
             unseen.append(name)
             continue
-        value = cal.max_seen if method == "max" else histogram_amax(method, counts, edges, num_bits=q.num_bits,
-                                                                     unsigned=q.unsigned, percentile=percentile)
+        histograms[name] = (q, cal, counts, edges)
+
+    def search(name: str) -> float | None:
+        q, cal, counts, edges = histograms[name]
+        return cal.max_seen if method == "max" else histogram_amax(method, counts, edges, num_bits=q.num_bits,
+                                                                   unsigned=q.unsigned, percentile=percentile)
+
+    env = env or DistEnv()
+    found = split_amax_search(list(histograms), search, env) if active(env) else {n: search(n) for n in histograms}
+    for name, (q, cal, _, _) in histograms.items():
+        value = found[name]
         if value is None or not np.isfinite(value) or value <= 0:
             value = max(cal.max_seen, 1e-8)
         set_amax(q, value)
@@ -105,21 +124,32 @@ def reset_statistics(model) -> None:
 
 
 def calibrate(model, batches: Iterable, *, method: str = "mse", percentile: float = 99.99,
-              device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None) -> CalibResult:
+              device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+              env: DistEnv | None = None) -> CalibResult:
     """Collect statistics over ``batches``, compute all amax, clear the histograms.
 
     Raises InputError when no batch was seen. Quantizers that saw no tensor (modules never run in eval,
     e.g. auxiliary heads) are reported in ``unseen`` and disabled, rather than failing the run as the
     reference flow does ("Calibrator returned None").
+
+    Under torchrun (``env``, default: the torchrun variables) with an :class:`ImageStream`, every rank
+    calibrates its share of the batches and the ranks merge their histograms
+    (:mod:`trtqat.quant.sharded_calibration`): all ranks end with the amax of a single-process run.
     """
-    result = CalibResult(method=method)
+    env = env or dist_env()
+    result = CalibResult(method=method, ranks=env.world_size)
     t0 = time.perf_counter()
-    result.batches, result.images = collect_statistics(model, batches, device, progress)
+    sharded = env.distributed and isinstance(batches, ImageStream)
+    if sharded:
+        init_process_group(env)
+        result.batches, result.images, _ = collect_sharded(model, batches, env, collect_statistics, device, progress)
+    else:
+        result.batches, result.images = collect_statistics(model, batches, device, progress)
     result.seconds_collect = time.perf_counter() - t0
     if result.batches == 0:
         raise InputError("calibration saw no images", "Pass a --calib folder with readable images")
     t1 = time.perf_counter()
-    result.amax, result.unseen = compute_amax(model, method, percentile)
+    result.amax, result.unseen = compute_amax(model, method, percentile, env if sharded else None)
     result.seconds_amax = time.perf_counter() - t1
     for name, q in named_quantizers(model):
         if name in result.unseen:

@@ -205,7 +205,7 @@ class FastHistogramCalibrator(HistogramCalibrator):
             self._calib_bin_edges = torch.arange(0, x_max + width, width, device=x.device)
             top = self._top = float(self._calib_bin_edges[-1])
         hist = binned(self._num_bins, top).clone()
-        hist[: self._calib_hist.numel()] += self._calib_hist
+        hist[: self._calib_hist.numel()] += self._calib_hist.to(hist.device)  # seeded ranks start on the CPU
         self._calib_hist = hist
 
     def reset(self) -> None:
@@ -218,6 +218,33 @@ class FastHistogramCalibrator(HistogramCalibrator):
         self._num_bins = getattr(self, "_initial_bins", 2048)
         self.max_seen = 0.0
         self._top = None
+
+    def range_state(self) -> tuple | None:
+        """The binning (edges as float32 numpy, last edge, bin count) after what was collected, or None.
+
+        Sharded calibration gives this state of rank 0 after the first global batch to every rank
+        (:meth:`adopt_range`), so all ranks bin on the grid a single process would use."""
+        if self._calib_bin_edges is None:
+            return None
+        return self._calib_bin_edges.cpu().numpy().copy(), float(self._top), int(self._num_bins)
+
+    def adopt_range(self, state: tuple | None) -> None:
+        """Start from ``state`` (see :meth:`range_state`) with zero counts; None keeps the usual start."""
+        self.reset()
+        if state is None:
+            return
+        edges, top, bins = state
+        self._calib_bin_edges = torch.from_numpy(edges.copy())
+        self._top, self._num_bins = top, bins
+        self._calib_hist = torch.zeros(bins, dtype=torch.int64)
+
+    def load_histogram(self, counts, edges, max_seen: float) -> None:
+        """Replace the collected state by a merged one (exact int64 counts)."""
+        self._calib_hist = torch.as_tensor(counts, dtype=torch.int64).clone()
+        self._calib_bin_edges = torch.as_tensor(edges).clone()
+        self._num_bins = int(self._calib_hist.numel())
+        self._top = float(self._calib_bin_edges[-1])
+        self.max_seen = float(max_seen)
 
     def histogram(self):
         """(counts int64 numpy, edges numpy) as the reference's compute_amax converts them, or (None, None)."""

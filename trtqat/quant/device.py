@@ -1,20 +1,26 @@
 """Device selection with a clear error when CUDA is asked for but absent."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..errors import UsageError
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:i``; ``None`` picks CUDA when available."""
+    """``cpu``, ``cuda`` or ``cuda:i``; ``None`` picks CUDA when available. Under torchrun (``WORLD_SIZE``
+    > 1) a plain ``cuda`` means ``cuda:LOCAL_RANK``, so every process drives its own GPU."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise UsageError(f"--device {device!r} is not a device", "Use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda":
+        local = os.environ.get("LOCAL_RANK")
+        if dev.index is None and local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dev = torch.device("cuda", int(local))  # torchrun: one GPU per process
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} requested but CUDA is not available on this machine",
                              "Use --device cpu")

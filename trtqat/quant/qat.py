@@ -20,13 +20,19 @@ Checkpoints, per epoch, all atomic (``<qat>`` is the ``--qat`` path):
   history); written last, so it is the commit point of an epoch. Ctrl-C or a crash leaves the last
   complete epoch, and resuming re-runs only the interrupted one.
 
-Learning rate: the reference schedule (epochs 0-2: 1e-6, 3-7: 1e-5, 8+: 1e-6) expressed as factors of a
-peak ``lr`` (default 1e-5): ``--lr X`` scales all three phases (X/10, X, X/10).
+Learning rate: the reference schedule (10 epochs: 0-2 at 1e-6, 3-7 at 1e-5, 8-9 at 1e-6) as fractions of
+the run: the first ``floor(0.3 * epochs)`` epochs warm up at ``lr/10``, the last ``floor(0.2 * epochs)``
+cool down at ``lr/10``, the rest run at the peak ``lr`` (default 1e-5). Every run of at least one epoch
+reaches the peak (a fixed epoch table left runs of 3 epochs or fewer at ``lr/10`` throughout); a resumed
+run whose remaining epochs are all past the peak says so in one warning.
 
 Multi-GPU (:mod:`trtqat.quant.distributed`): launched with ``torchrun --nproc_per_node N``, each process
-reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` with its own
-slice of every global batch (DistributedSampler-style ``[rank::world]``), and only rank 0 scores and
-writes files.
+reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, trains a DDP replica on ``cuda:LOCAL_RANK`` (CPU with gloo)
+with its own slice of every global batch (DistributedSampler-style ``[rank::world]``). The ranks agree
+before every backward (:func:`~trtqat.quant.distributed.sync`: one rank's exception stops all), only rank 0
+scores and writes files, its epoch record (score, best) is broadcast so every rank holds the same history
+and best epoch, and after each epoch the ranks compare a digest of their parameters and amax buffers
+(``lockstep`` in the record).
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ from ..models.device import to_device
 from ._compat import load_quant_state_dict
 from .checkpoint import save_quantized
 from .device import preferred_memory_format
-from .distributed import DistEnv, dist_env, setup_device, wrap_ddp
+from .distributed import DistEnv, broadcast_object, check_lockstep, dist_env, setup_device, sync, wrap_ddp
 from .modes import qat_mode, quant_disabled
 from .quantizers import quantizer_aliases
 from .train_data import TrainImages
@@ -58,8 +64,9 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 DEFAULT_LR = 1e-5
-#: (first epoch, factor of the peak lr): the reference {0: 1e-6, 3: 1e-5, 8: 1e-6}
-REFERENCE_SCHEDULE = ((0, 0.1), (3, 1.0), (8, 0.1))
+#: fractions of the run spent warming up and cooling down at ``lr * LOW_FACTOR`` (10 epochs: the reference
+#: {0: 1e-6, 3: 1e-5, 8: 1e-6} with lr 1e-5)
+WARMUP_FRACTION, COOLDOWN_FRACTION, LOW_FACTOR = 0.3, 0.2, 0.1
 
 
 @dataclass(frozen=True)
@@ -88,13 +95,28 @@ class QatConfig:
             raise UsageError(f"--clip-grad must be positive, got {self.clip_grad}")
 
 
-def lr_for_epoch(epoch: int, peak: float = DEFAULT_LR, schedule=REFERENCE_SCHEDULE) -> float:
-    """The learning rate of ``epoch`` (0-based) under ``schedule`` scaled to ``peak``."""
-    factor = schedule[0][1]
-    for start, f in schedule:
-        if epoch >= start:
-            factor = f
-    return peak * factor
+def lr_phases(epochs: int) -> tuple[int, int, int]:
+    """(warm-up, peak, cool-down) epoch counts of a run: ``floor(0.3 E)``, the rest, ``floor(0.2 E)``.
+
+    The peak phase always has at least one epoch (``E - floor(0.3 E) - floor(0.2 E) >= ceil(E / 2)``)."""
+    warm, cool = math.floor(WARMUP_FRACTION * epochs), math.floor(COOLDOWN_FRACTION * epochs)
+    return warm, epochs - warm - cool, cool
+
+
+def lr_for_epoch(epoch: int, peak: float = DEFAULT_LR, epochs: int = 10) -> float:
+    """The learning rate of ``epoch`` (0-based) in a run of ``epochs`` epochs with peak ``peak``."""
+    warm, top, _ = lr_phases(epochs)
+    return peak if warm <= epoch < warm + top else peak * LOW_FACTOR
+
+
+def schedule_warning(cfg: QatConfig, start: int = 0) -> str | None:
+    """One line when the epochs this run trains (``start`` .. ``epochs - 1``) never reach ``cfg.lr``."""
+    remaining = range(start, cfg.epochs)
+    if not remaining or any(lr_for_epoch(e, cfg.lr, cfg.epochs) == cfg.lr for e in remaining):
+        return None
+    warm, top, _ = lr_phases(cfg.epochs)
+    return (f"QAT epochs {start}-{cfg.epochs - 1} all run at lr {cfg.lr * LOW_FACTOR:.1e} (cool-down): the peak "
+            f"--lr {cfg.lr:.1e} was epochs {warm}-{warm + top - 1}; raise --epochs to train longer at the peak")
 
 
 @dataclass(frozen=True)
@@ -181,10 +203,14 @@ class QatResult:
     paths: QatPaths | None = None
     resumed_from: int | None = None
     seconds: float = 0.0
+    schedule: tuple[int, int, int] | None = None  # (warm-up, peak, cool-down) epochs
+    selection: dict | None = None  # where the best epoch was chosen (set by trtqat.workflow)
 
     def summary(self) -> dict:
+        phases = dict(zip(("warmup", "peak", "cooldown"), self.schedule)) if self.schedule else None
         return {"best_epoch": self.best_epoch, "best_score": self.best_score, "epochs": self.history,
-                "resumed_from": self.resumed_from, "seconds": round(self.seconds, 2),
+                "lr_phases": phases, "selection": self.selection, "resumed_from": self.resumed_from,
+                "seconds": round(self.seconds, 2),
                 "saved": str(self.paths.best) if self.paths else None}
 
 
@@ -287,7 +313,7 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     fmt = preferred_memory_format(device)
     to_device(student, device, fmt), to_device(teacher, device, fmt)
     amp = cfg.amp and device.type == "cuda"
-    optimizer = torch.optim.Adam(params, lr=lr_for_epoch(0, cfg.lr))
+    optimizer = torch.optim.Adam(params, lr=lr_for_epoch(0, cfg.lr, cfg.epochs))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict] = []
     best = {"epoch": None, "score": None}
@@ -297,6 +323,9 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
         scaler.load_state_dict(state["scaler"])
         history, best, start = list(state["history"]), dict(state["best"]), int(state["epoch"]) + 1
         meta = {**state.get("meta", {}), **meta}
+    warning = schedule_warning(cfg, start)
+    if warning and env.is_main:
+        log.warning(warning)
     forward = wrap_ddp(student, env, device)
     s_layers, t_layers = [layers[i] for i in sup], [_layers(teacher)[i] for i in sup]
     data = TrainImages(train_files, cfg.size, seed=cfg.seed, flip=cfg.flip)
@@ -304,51 +333,77 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     with qat_mode(student), quant_disabled(teacher):
         for epoch in range(start, cfg.epochs):
             t_epoch = time.perf_counter()
-            lr = lr_for_epoch(epoch, cfg.lr)
+            lr = lr_for_epoch(epoch, cfg.lr, cfg.epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             losses = []
             for batch in data.batches(epoch, cfg.iters, cfg.batch_size, env):
                 x = torch.from_numpy(batch).to(device, non_blocking=True).contiguous(memory_format=fmt)
-                losses.append(_step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, cfg.clip_grad,
-                                    params))
+                loss = _loss(forward, teacher, s_layers, t_layers, x, amp)
+                sync(env)  # every rank got this far: the backward's gradient all-reduce will not wait forever
+                losses.append(_update(loss, optimizer, scaler, cfg.clip_grad, params))
                 if progress:
                     progress(1)
             check_sharing(student, groups)
-            record = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)) if losses else math.nan,
-                      "steps": len(losses), "score": None, "metrics": None, "best": False}
+            sync(env)
+            record = {"epoch": epoch, "lr": lr, "loss": _mean_loss(losses, env), "steps": len(losses),
+                      "score": None, "metrics": None, "best": False,
+                      "lockstep": check_lockstep(_replica_tensors(student), env, "parameters or amax")}
             if env.is_main:
                 if scorer is not None:
                     record["score"], record["metrics"] = scorer(student, teacher)
                 improved = scorer is None or best["score"] is None or record["score"] > best["score"]
                 record["best"] = bool(improved)
                 record["seconds"] = round(time.perf_counter() - t_epoch, 2)
-                history.append(record)
                 ckpt_meta = {**meta, "kind": "qat", "epoch": epoch, "epochs": cfg.epochs, "score": record["score"],
                              "qat": {k: v for k, v in asdict(cfg).items() if k != "device"}}
                 if improved:
-                    best = {"epoch": epoch, "score": record["score"]}
                     save_quantized(_cpu_model(student), paths.best, {**ckpt_meta, "best": True})
                 save_quantized(_cpu_model(student), paths.last, ckpt_meta)
-                _write_state(paths.state, epoch, student, teacher_state, optimizer, scaler, history, best, meta)
-            if env.distributed:
-                torch.distributed.barrier()
+                new_best = {"epoch": epoch, "score": record["score"]} if improved else best
+                _write_state(paths.state, epoch, student, teacher_state, optimizer, scaler, history + [record],
+                             new_best, meta)
+            sync(env)  # rank 0 scored and wrote the epoch (or failed: then every rank stops here)
+            record = broadcast_object(record, env)  # the best-epoch choice, made once on rank 0
+            history.append(record)
+            if record["best"]:
+                best = {"epoch": epoch, "score": record["score"]}
             if env.is_main and on_epoch:
                 on_epoch(record)
     to_device(student, "cpu", torch.contiguous_format), to_device(teacher, "cpu", torch.contiguous_format)
-    best_model = _best_student(student, paths, best, history, cfg, repo)
+    best_model = _best_student(student, paths, best, history, cfg, repo) if env.is_main else student
     return QatResult(model=best_model, teacher=teacher, history=history, best_epoch=best["epoch"],
                      best_score=best["score"], paths=paths, resumed_from=start if resume else None,
-                     seconds=time.perf_counter() - t0)
+                     seconds=time.perf_counter() - t0, schedule=lr_phases(cfg.epochs))
 
 
-def _step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, clip, params) -> float:
+def _replica_tensors(model) -> list[torch.Tensor]:
+    """What DDP must keep identical on every rank: the parameters and the quantizers' amax buffers."""
+    return [p for p in model.parameters()] + [b for n, b in model.named_buffers() if n.endswith("_amax")]
+
+
+def _mean_loss(losses: list[float], env: DistEnv) -> float:
+    """The epoch's mean distillation loss over every rank's steps (each rank's on one process)."""
+    if not env.distributed:
+        return float(np.mean(losses)) if losses else math.nan
+    from .distributed import all_gather_object
+
+    every = [v for part in all_gather_object(losses, env) for v in part]
+    return float(np.mean(every)) if every else math.nan
+
+
+def _loss(forward, teacher, s_layers, t_layers, x, amp) -> torch.Tensor:
+    """Teacher and student forward, the distillation loss (no collective: DDP's runs in the backward)."""
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=amp):
         with torch.no_grad(), capture_outputs(t_layers) as t_out:
             teacher(x)
         with capture_outputs(s_layers) as s_out:
             forward(x)
-        loss = distillation_loss(s_out, t_out)
+        return distillation_loss(s_out, t_out)
+
+
+def _update(loss, optimizer, scaler, clip, params) -> float:
+    """Backward (DDP averages the gradients over ranks here) and one optimizer step."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip is not None:
@@ -357,6 +412,11 @@ def _step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, clip,
     scaler.step(optimizer)
     scaler.update()
     return float(loss.detach())
+
+
+def _step(forward, teacher, s_layers, t_layers, x, optimizer, scaler, amp, clip, params) -> float:
+    """One single-process distillation step (what ``benchmarks/qat_step.py`` times)."""
+    return _update(_loss(forward, teacher, s_layers, t_layers, x, amp), optimizer, scaler, clip, params)
 
 
 def _write_state(path, epoch, student, teacher_state, optimizer, scaler, history, best, meta) -> None:

@@ -14,7 +14,9 @@ class TrainImages:
     """Letterboxed training batches, deterministic per (seed, epoch) so a resumed run sees the same data.
 
     Each epoch draws ``iters`` global batches from fresh permutations of the file list (repeating the
-    list as often as needed) with an optional horizontal flip per image.
+    list as often as needed) with an optional horizontal flip per image. Under torchrun each rank reads
+    its ``[rank::world]`` slice of every global batch; a rank with no readable image in a step is an error
+    (a single process skips that step).
     """
 
     def __init__(self, files: Sequence[Path], size: int, seed: int = 0, flip: bool = True):
@@ -41,3 +43,6 @@ class TrainImages:
                 images.append(boxed[:, ::-1] if (flip and self.flip) else boxed)
             if images:
                 yield np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+            elif env.distributed:  # every rank must take every step (DDP all-reduces each backward)
+                raise InputError(f"none of this rank's {len(shard(order[window], env))} training images of "
+                                 f"epoch {epoch} step {it} could be read", "Check the --train folder on every node")
