@@ -151,3 +151,8 @@ def test_ptq_checkpoint_runs_fake_quant_like_its_qdq_onnx(eval_models, tmp_path)
     torch_q, onnx_q, float_ = (r["detections"] for r in rows)
     assert torch_q != float_  # fake-quant is on for a trtqat checkpoint
     assert abs(onnx_q - torch_q) <= 0.05 * torch_q, (onnx_q, torch_q)
+
+
+def test_help_carries_the_pickle_warning():
+    out = run("eval", "--help").output
+    assert "Checkpoints are pickles" in out and "--val-ann" in out and "images/s" in out
