@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -235,6 +236,19 @@ def _lost_contact(error: BaseException) -> bool:
                                                                  "gloo", "nccl", "broken pipe"))
 
 
+def _lost(env: DistEnv, exc: BaseException) -> RankFailure:
+    """The one line for a peer that vanished (killed, crashed outside trtqat) or stopped answering."""
+    detail = re.sub(r"\[[^\]]*/[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    detail = detail.split(". ")[0][:160]
+    if "timed out" in detail.lower() or "timeout" in detail.lower():
+        what = f"no answer from another rank within TRTQAT_DIST_TIMEOUT={timeout_seconds():g} s"
+    else:
+        what = "the connection to another rank closed (it stopped)"
+    # printed by every rank that sees it: rank 0 may be the one that is gone
+    return RankFailure(f"rank {env.rank} of {env.world_size}: {what} ({detail})",
+                       "See the other rank's message, or the launcher's report", 1, report=True, failed=[])
+
+
 @contextlib.contextmanager
 def ranks_fail_together(env: DistEnv) -> Iterator[None]:
     """Run a multi-process job so that a failure on any rank ends every rank with one error line.
@@ -255,10 +269,7 @@ def ranks_fail_together(env: DistEnv) -> Iterator[None]:
         raise
     except Exception as exc:
         if _lost_contact(exc):
-            raise RankFailure(f"rank {env.rank} of {env.world_size} lost contact with the other ranks ({exc})",
-                              f"Another rank stopped or did not answer within TRTQAT_DIST_TIMEOUT="
-                              f"{timeout_seconds():g} s; see its message", 1, report=True,
-                              failed=[]) from exc
+            raise _lost(env, exc) from exc
         sync(env, exc)
         raise
     sync(env)
