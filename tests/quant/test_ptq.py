@@ -203,3 +203,80 @@ def test_bad_inputs_exit_2_and_write_nothing(yolo_checkpoint, tmp_path, case, ar
     errors = [ln for ln in out.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in out
     assert list(tmp_path.glob("*.pt")) == [] and not list(tmp_path.glob(".ptq.pt*"))
+
+
+@pytest.mark.parametrize("command", ["quantize", "sensitive"])
+def test_trtqat_checkpoint_is_refused_not_calibrated_again(ptq_v5, calib_images, tmp_path, command):
+    """Calibrating a PTQ/QAT checkpoint again silently replaced its amax values; now: one line, exit 2."""
+    _, ptq_file, repo = ptq_v5
+    extra = ["--ptq", tmp_path / "again.pt"] if command == "quantize" else ["--summary", tmp_path / "s.json"]
+    code, out = run(command, ptq_file, "--repo", repo, "--calib", calib_images, "--size", SIZE, *extra)
+    assert code == 2, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "is a trtqat PTQ checkpoint" in errors[0] and "trtqat eval" in errors[0]
+    assert "Traceback" not in out and list(tmp_path.iterdir()) == []
+
+
+def _placement(yolo_checkpoint, **kw):
+    from trtqat.models import load_checkpoint
+    from trtqat.quant.ptq import prepare_quantized
+
+    ckpt, repo = yolo_checkpoint("yolov5")
+    model, replaced, groups, _ = prepare_quantized(load_checkpoint(ckpt, repo), QuantConfig(**kw), 64)
+    return model, replaced, groups
+
+
+def _shared_objects(model) -> int:
+    """How many quantizer objects are reached under more than one name."""
+    from trtqat.quant.quantizers import quantizer_aliases
+
+    return sum(len(names) > 1 for names in quantizer_aliases(model).values())
+
+
+def test_placement_variants_are_separable(yolo_checkpoint):
+    """Scale sharing and the YOLOv5 detect-head rule TQ007 can be turned off one at a time (benchmark needs)."""
+    det = ("model.24.m.0", "model.24.m.1")
+    model, rep, groups = _placement(yolo_checkpoint)  # default: sharing + TQ007 quantize-input
+    head = model.model[24].m
+    assert len(groups) == 16 and _shared_objects(model) > 0
+    assert head[0]._input_quantizer is model.model[18].conv._input_quantizer
+    assert list(rep.converted) == list(det) and list(rep.float_why) == ["model.24.m.2"]
+    assert "shared with model.18.conv" in rep.converted["model.24.m.0"]
+
+    model, rep, groups = _placement(yolo_checkpoint, share=False)  # TQ007 as default, no sharing
+    head = model.model[24].m
+    assert groups == [] and _shared_objects(model) == 0
+    assert isinstance(head[0], qnn.QuantConv2d) and isinstance(head[1], qnn.QuantConv2d)
+    assert type(head[2]) is torch.nn.Conv2d
+    assert list(rep.converted) == list(det) and "own scale" in rep.converted["model.24.m.0"]
+    assert rep.quantized["QuantConv2d"] == 59 and "no scale sharing" in rep.placement
+
+    model, rep, groups = _placement(yolo_checkpoint, rule_overrides=("TQ007=report",))  # sharing, TQ007 report
+    assert len(groups) == 14 and _shared_objects(model) > 0
+    assert all(type(m) is torch.nn.Conv2d for m in model.model[24].m) and rep.converted == {}
+    assert list(rep.float_why) == ["model.24.m.0", "model.24.m.1", "model.24.m.2"]
+    assert "TQ007 report: kept float" in rep.float_why["model.24.m.0"]
+    assert "TQ007" not in rep.float_why["model.24.m.2"]  # m.2 reads a tensor nothing else reads
+
+    model, rep, groups = _placement(yolo_checkpoint, use_rules=False)  # baseline: no placement at all
+    assert groups == [] and _shared_objects(model) == 0 and rep.converted == {}
+    assert all(type(m) is torch.nn.Conv2d for m in model.model[24].m)
+    assert rep.float_why["model.24.m.0"].startswith("detect output conv (model\\.24\\.m\\..*")
+    assert rep.placement.startswith("--no-rules baseline")
+
+
+def test_cli_placement_flags_and_float_reasons(yolo_checkpoint, calib_images, tmp_path):
+    ckpt, repo = yolo_checkpoint("yolov5")
+    base = ["quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", 64, "--batch-size", 4,
+            "--calib-batches", 1, "--calib-method", "max"]
+    code, out = run(*base, "--no-share", "--ignore-policy", r"model\.0\.", "--json")
+    assert code == 0, out
+    s = json.loads(out[out.index("{"):])
+    assert s["groups"] == 0 and sorted(s["converted"]) == ["model.24.m.0", "model.24.m.1"]
+    assert s["float"] == {"model.0.conv": r"--ignore-policy model\.0\.",
+                          "model.24.m.2": r"detect output conv (model\.24\.m\..*: ignore_detect_outputs of yolov5.yaml)"}
+    code, out = run(*base, "--rule", "TQ007=report")  # the table names every float layer and why
+    assert code == 0, out
+    assert "kept float (why)" in out and "model.24.m.0: detect output conv" in out and "TQ007 report" in out
+    code, out = run(*base, "--rule", "TQ007=sometimes")
+    assert code == 2 and "Error: --rule 'TQ007=sometimes': 'sometimes' is not a setting of TQ007" in out

@@ -241,3 +241,23 @@ def test_lean_trace_finds_the_same_groups_as_the_full_export(yolo_checkpoint, fa
     monkeypatch.setattr(share, "trace_onnx", lambda *a, **kw: trace(*a, **{**kw, "quantized": True}))
     full = share.discover(model, policy, size=2 * SIZE).to_dict()
     assert lean["groups"] and lean == full
+
+
+def test_rule_override_report_keeps_yolov5_detect_convs_float(yolo_checkpoint):
+    ckpt, repo = yolo_checkpoint("yolov5")
+    data = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json", "--rule", "TQ007=report").stdout)
+    assert data["fanout_mode"] == "report" and data["converted"] == []
+    assert len(data["groups"]) == 14  # the two TQ007 groups are gone, every other group stays
+    assert sorted(m for f in data["fanouts"] if f["standalone_q"] for m in f["float_readers"]) == [
+        "model.24.m.0", "model.24.m.1"]
+    assert data["ignored"] == ["model.24.m.0", "model.24.m.1", "model.24.m.2"]
+    assert "report mode: its input is also read in INT8" in data["float"]["model.24.m.0"]
+    assert data["float"]["model.24.m.2"].startswith("detect output conv")
+
+
+def test_stored_placement_of_a_ptq_checkpoint(ptq):
+    data = json.loads(_cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE, "--json").stdout)
+    assert data["stored"] and data["placement"] == "rules: scale sharing, TQ007 quantize-input"
+    assert data["converted"] == ["model.24.m.0", "model.24.m.1"] and list(data["float"]) == ["model.24.m.2"]
+    out = _cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE).output
+    assert "kept float: model.24.m.2 (detect output conv" in out

@@ -119,3 +119,28 @@ def test_list_prints_every_rule_and_family_settings():
 def test_rules_without_checkpoint_is_a_usage_error():
     result = CliRunner().invoke(main, ["rules"])
     assert result.exit_code == 2 and "missing argument CKPT" in result.output
+
+
+def test_rule_overrides_from_the_command_line():
+    from trtqat.errors import UsageError
+
+    pol = load_policy_file(RULES_DIR / "yolov5.yaml")
+    assert pol.with_overrides(["TQ007=report"]).fanout_mode() == "report"
+    assert pol.with_overrides(["TQ007=off"]).active("float-fanout") == []
+    assert pol.with_overrides(["TQ007=off", "TQ007=quantize-input"]).fanout_mode() == "quantize-input"
+    off = pol.with_overrides([" TQ004 = off "])
+    assert not off.rule("TQ004").enabled and off.rule("TQ001").enabled
+    assert pol.with_overrides([]) == pol and pol.fanout_mode() == "quantize-input"  # the original is untouched
+    for bad, message in (("TQ007", "is not ID=SETTING"), ("TQ099=on", "no rule 'TQ099'"),
+                         ("TQ001=report", "'report' is not a setting of TQ001 (align)"),
+                         ("TQ007=maybe", "Allowed values: on, off, report, quantize-input")):
+        with pytest.raises(UsageError) as err:
+            pol.with_overrides([bad])
+        assert message in err.value.one_line()
+
+
+def test_float_reason_names_the_pattern_and_its_source():
+    pol = load_policy(FamilyInfo("yolov5", 24, "model.24", 25))
+    assert pol.float_reason("model.24.m.2") == r"detect output conv (model\.24\.m\..*: ignore_detect_outputs of yolov5.yaml)"
+    assert pol.float_reason("model.24.m.2", [r"model\.24\."]) == r"--ignore-policy model\.24\."
+    assert pol.float_reason("model.24.m.2", family_ignore=False) == "no ignore pattern matches"

@@ -52,6 +52,26 @@ ignore_option = click.option(
     help=r"Keep modules whose dotted name matches (re.match) in float; repeatable. Added to the family "
          r"default, which keeps the final detect convs in float (e.g. 'model\.105\.m\..*').")
 
+rules_file_option = click.option("--rules", "rules_file", type=click.Path(path_type=Path), default=None,
+                                 help="Policy file (YAML) instead of rules/<family>.yaml.")
+
+rule_option = click.option(
+    "--rule", "rule_overrides", multiple=True, metavar="ID=SETTING",
+    help="Override one rule of the policy: ID=on|off, or a float-fanout mode (report, quantize-input); "
+         "repeatable. E.g. --rule TQ007=report keeps YOLOv5's detect convs m.0/m.1 fully float.")
+
+#: ``quantize``'s placement flags: the policy file, single-rule overrides, and the two baselines
+placement_options = _compose(
+    rules_file_option,
+    rule_option,
+    click.option("--no-share", is_flag=True,
+                 help="No scale sharing: every quantizer keeps its own scale. The placement stays as the policy "
+                      "says (TQ007 quantize-input still gives YOLOv5's m.0/m.1 an INT8 input, their own scale)."),
+    click.option("--no-rules", is_flag=True,
+                 help="Baseline, no trtqat placement at all: no scale sharing and no rule conversions (TQ007 "
+                      "not applied: YOLOv5's m.0/m.1 stay float); only the ignore policy applies."),
+)
+
 calib_options = _compose(
     click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
                  help="Folder of calibration images (jpg/png/bmp, searched recursively)."),

@@ -12,6 +12,7 @@ from .options import (
     checkpoint_argument,
     ignore_option,
     json_option,
+    placement_options,
     progress_bar,
     repo_option,
 )
@@ -42,9 +43,7 @@ table uses the other --val images; without --val, by SQNR on --train images. The
 @repo_option
 @calib_options
 @ignore_option
-@click.option("--rules", "rules_file", type=click.Path(path_type=Path), default=None,
-              help="Policy file (YAML) instead of rules/<family>.yaml.")
-@click.option("--no-rules", is_flag=True, help="Do not share scales (baseline placement).")
+@placement_options
 @click.option("--ptq", "ptq_out", type=click.Path(path_type=Path), default=None,
               help="Write the PTQ checkpoint here.")
 @click.option("--qat", "qat_out", type=click.Path(path_type=Path), default=None,
@@ -72,7 +71,8 @@ table uses the other --val images; without --val, by SQNR on --train images. The
 @click.option("--conf-thres", type=float, default=0.001, show_default=True, help="Evaluation confidence threshold.")
 @click.option("--iou-thres", type=float, default=0.65, show_default=True, help="Evaluation NMS IoU threshold.")
 @json_option
-def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, qat_out, train_dir, epochs, iters, lr,
+def quantize(ckpt: Path, repo, ignore, rules_file, rule_overrides, no_share, no_rules, ptq_out, qat_out, train_dir,
+             epochs, iters, lr,
              supervision_stride, clip_grad, amp, seed, resume, val_dir, val_ann, val_images, eval_origin, eval_ptq,
              conf_thres, iou_thres, as_json, **calib_kw):
     from ..quant.ptq import QuantConfig
@@ -86,7 +86,8 @@ def quantize(ckpt: Path, repo, ignore, rules_file, no_rules, ptq_out, qat_out, t
                          supervision_stride=supervision_stride, clip_grad=clip_grad, amp=amp, seed=seed,
                          device=calib.device)
     job = QuantizeJob(ckpt=ckpt, repo=repo, calib=calib,
-                      qconf=QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules),
+                      qconf=QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules,
+                                        share=not no_share, rule_overrides=tuple(rule_overrides)),
                       ptq_out=ptq_out, qat_out=qat_out, train_dir=train_dir, qat=qcfg, resume=resume,
                       evaluation=EvalOptions(val_dir=val_dir, val_ann=val_ann, val_images=val_images,
                                              conf_thres=conf_thres, iou_thres=iou_thres, origin=eval_origin,
@@ -134,13 +135,20 @@ def _print_eval(result: dict, origin_skipped: bool) -> None:
         say("--eval-origin: without labels the float model is the reference (fidelity 1.0, agreement 1.0)")
 
 
+def _listing(why: dict[str, str], limit: int = 8) -> str:
+    """``module: reason`` lines, at most ``limit`` of them."""
+    lines = [f"{m}: {r}" for m, r in list(why.items())[:limit]]
+    return "\n".join(lines + ([f"... {len(why) - limit} more (--json lists all)"] if len(why) > limit else [])) or "none"
+
+
 def _rows(s: dict) -> list[tuple[str, str]]:
     calib = s["calib"] or {}
     rows = [("family", f"{s['family']} (detect: {s['detect']})"),
             ("quantized modules", ", ".join(f"{k}: {v}" for k, v in sorted(s["quantized"].items())) or "none"),
-            ("ignored (float)", f"{len(s['ignored'])}: " + ", ".join(s["ignored"][:6])
-             + (" ..." if len(s["ignored"]) > 6 else "")),
-            ("ignore policy", " | ".join(s["ignore_policy"]) or "-"),
+            ("placement", s.get("placement") or "-"),
+            ("kept float (why)", _listing(s.get("float") or dict.fromkeys(s["ignored"], "ignored"))),
+            ("INT8 input, float output", _listing(s.get("converted") or {})),
+            ("ignore patterns (regex)", " | ".join(s["ignore_policy"]) or "-"),
             ("scale-sharing groups", str(s["groups"])),
             ("calibration", f"{calib.get('method')} on {calib.get('images')} images in {calib.get('batches')} batches"),
             ("unreadable images skipped", str(s["skipped_images"])),

@@ -6,31 +6,41 @@ from pathlib import Path
 
 import click
 
-from .options import PICKLE_WARNING, ignore_option, json_option, repo_option, size_option
+from .options import (
+    PICKLE_WARNING,
+    ignore_option,
+    json_option,
+    repo_option,
+    rule_option,
+    rules_file_option,
+    size_option,
+)
 from .output import emit_json, print_table, say
 
 
 @click.command(name="rules", help=f"""Show which quantizers of CKPT will share one scale, and why.
 
 Discovery runs on the ONNX graph of the quantized model (Concat, MaxPool, nearest Resize, data movement,
-residual Add, sibling readers of one tensor); nothing is written.
+residual Add, sibling readers of one tensor); nothing is written. Given a trtqat PTQ/QAT checkpoint, it
+shows what that run applied (stored in the checkpoint).
 
 \b
 Examples:
   trtqat rules yolov7.pt --repo ~/yolov7
   trtqat rules yolov5s.pt --repo ~/yolov5 --json
+  trtqat rules yolov5s.pt --repo ~/yolov5 --rule TQ007=report
   trtqat rules --list
 
 {PICKLE_WARNING}""")
 @click.argument("ckpt", type=click.Path(path_type=Path), required=False)
 @repo_option
-@click.option("--rules", "rules_file", type=click.Path(path_type=Path), default=None,
-              help="Policy file (YAML) instead of rules/<family>.yaml.")
+@rules_file_option
+@rule_option
 @size_option
 @ignore_option
 @click.option("--list", "list_rules", is_flag=True, help="List every rule id, name and reason, then exit.")
 @json_option
-def rules(ckpt, repo, rules_file, size, ignore, list_rules, as_json):
+def rules(ckpt, repo, rules_file, rule_overrides, size, ignore, list_rules, as_json):
     from ..errors import UsageError
 
     if list_rules:
@@ -39,7 +49,8 @@ def rules(ckpt, repo, rules_file, size, ignore, list_rules, as_json):
         raise UsageError("missing argument CKPT", "Pass a checkpoint, or --list to list the rules")
     from ..quant.rules_report import rules_report
 
-    report = rules_report(ckpt, repo=repo, rules_file=rules_file, size=size, ignore=tuple(ignore))
+    report = rules_report(ckpt, repo=repo, rules_file=rules_file, size=size, ignore=tuple(ignore),
+                          overrides=tuple(rule_overrides))
     if as_json:
         emit_json(report)
         return
@@ -65,7 +76,15 @@ def _print(r: dict) -> None:
                     [(f["tensor"], ", ".join(f["converted"]) or "-", ", ".join(f["float_readers"]) or "-",
                       "standalone Quantize (reformat)" if f["standalone_q"] else "fused")
                      for f in r["fanouts"]])
-    say(f"float (ignored) modules: {', '.join(r['ignored']) or 'none'}")
+    if r.get("stored"):
+        say(f"stored in the checkpoint; placement: {r.get('placement') or 'not recorded'}")
+    if r.get("converted"):
+        say(f"INT8 input, float output: {', '.join(r['converted'])}")
+    floats = r.get("float") or dict.fromkeys(r["ignored"], "ignored")
+    if r.get("stored") and not floats:
+        say("kept float: not recorded in this checkpoint")
+    else:
+        say("kept float: " + ("none" if not floats else "; ".join(f"{m} ({why})" for m, why in floats.items())))
     say(f"ignore policy: {' | '.join(r['ignore_policy']) or '-'}")
     if r["fanouts"]:
         say(f"float-fanout mode: {r['fanout_mode']} ({r['fanout_why']})")

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .optable import OPS
 
 #: shipped policy files: ``default.yaml`` and one per family (``trtqat/rules`` links to the repo's ``rules/``)
@@ -108,6 +109,58 @@ class Policy:
         extra = tuple(p for p in detect_ignore if p not in self.ignore) if self.ignore_detect_outputs else ()
         return dataclasses.replace(self, ignore=self.ignore + extra, ignore_detect_outputs=False,
                                    family=family or self.family, detect_ignore=self.detect_ignore + extra)
+
+    def with_overrides(self, overrides: Iterable[str]) -> Policy:
+        """The policy with ``ID=SETTING`` overrides applied (``--rule TQ007=report``, ``--rule TQ004=off``).
+
+        SETTING is ``on`` or ``off`` for any rule, or a mode of a ``float-fanout`` rule (``report``,
+        ``quantize-input``; setting a mode also turns the rule on). Why on the command line: a benchmark
+        or a quick experiment should not need a policy file per variant.
+
+        Raises:
+            UsageError: malformed override, unknown rule id, or a setting the rule's kind does not have.
+        """
+        rules = list(self.rules)
+        for item in overrides:
+            rule_id, sep, setting = str(item).partition("=")
+            rule_id, setting = rule_id.strip(), setting.strip()
+            if not sep or not rule_id or not setting:
+                raise UsageError(f"--rule {item!r} is not ID=SETTING", "Write e.g. --rule TQ007=report or --rule TQ004=off")
+            index = next((i for i, r in enumerate(rules) if r.id == rule_id), None)
+            if index is None:
+                raise UsageError(f"--rule {item!r}: no rule {rule_id!r} in {self.source or 'the policy'}",
+                                 f"Known ids: {', '.join(r.id for r in rules)} (trtqat rules --list)")
+            rule = rules[index]
+            allowed = ("on", "off") + (FANOUT_MODES if rule.kind == "float-fanout" else ())
+            if setting not in allowed:
+                raise UsageError(f"--rule {item!r}: {setting!r} is not a setting of {rule_id} ({rule.kind})",
+                                 f"Allowed values: {', '.join(allowed)}")
+            if setting in FANOUT_MODES:
+                rules[index] = dataclasses.replace(rule, mode=setting, enabled=True)
+            else:
+                rules[index] = dataclasses.replace(rule, enabled=setting == "on")
+        fanouts = [r for r in rules if r.kind == "float-fanout" and r.enabled]
+        if len(fanouts) > 1:
+            raise UsageError(f"--rule enables more than one float-fanout rule ({', '.join(r.id for r in fanouts)})",
+                             "Turn one of them off")
+        return dataclasses.replace(self, rules=tuple(rules))
+
+    def float_reason(self, module: str, user_ignore: Iterable[str] = (), *, family_ignore: bool = True) -> str:
+        """Why ``module`` stays float: the pattern that keeps it and where the pattern comes from.
+
+        ``user_ignore`` are the ``--ignore-policy`` patterns; ``family_ignore=False`` means the policy's own
+        patterns were not used (``trtqat sensitive``).
+        """
+        for p in user_ignore:
+            if re.match(p, module):
+                return f"--ignore-policy {p}"
+        name = Path(self.source).name if self.source else "the policy"
+        for p in self.ignore if family_ignore else ():
+            if re.match(p, module):
+                if p in self.detect_ignore:
+                    return f"detect output conv ({p}: ignore_detect_outputs of {name})"
+                return f"ignore {p} in {name}"
+        return "no ignore pattern matches"
 
     def convertible(self, module: str) -> bool:
         """May the quantize-input fan-out rule give float layer ``module`` an INT8 input? Only layers kept

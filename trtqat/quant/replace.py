@@ -45,9 +45,13 @@ class ReplaceReport:
     quantized: Counter = field(default_factory=Counter)
     ignored: list[str] = field(default_factory=list)
     residual_adds: list[str] = field(default_factory=list)
+    float_why: dict[str, str] = field(default_factory=dict)  # ignored module -> why it stays float
+    converted: dict[str, str] = field(default_factory=dict)  # module a rule gave an INT8 input -> how
+    placement: str = ""  # the placement that produced this: rules, --no-share or the --no-rules baseline
 
     def to_dict(self) -> dict:
-        return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds}
+        return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds,
+                "float_why": self.float_why, "converted": self.converted}
 
     def recount(self, model: torch.nn.Module) -> None:
         """Count the quantized modules actually in ``model`` (after rules that convert layers)."""
@@ -111,3 +115,22 @@ def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_b
                 report.residual_adds.append(add_name)
                 report.quantized["QuantAdd"] += 1
     return report
+
+
+def quantize_modules(model: torch.nn.Module, names: Iterable[str], *, num_bits: int = 8) -> list[str]:
+    """Quantize the named float modules in place, each with its own quantizers; returns the names.
+
+    What a placement rule's conversion (TQ007 ``quantize-input``) does when scale sharing is off
+    (``--no-share``): the layer becomes INT8 like any other, its input quantizer is not tied to a sibling's.
+    """
+    done = []
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        child = getattr(parent, attr)
+        entry = QUANT_MAP.get(type(child))
+        if entry is None:
+            raise ValueError(f"{name} is a {type(child).__name__}, which trtqat does not quantize")
+        setattr(parent, attr, _swap(child, entry[0], entry[1], num_bits))
+        done.append(name)
+    return done

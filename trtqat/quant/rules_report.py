@@ -16,27 +16,34 @@ from .share import converted_modules, discover, load_policy
 
 
 def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file: Path | None = None,
-                 size: int = 640, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+                 size: int = 640, ignore: tuple[str, ...] = (), overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """What ``trtqat rules`` prints: the groups a PTQ run would apply to ``ckpt``, the ignore policy.
 
     The checkpoint is loaded and quantized in memory only. For a trtqat PTQ/QAT checkpoint the groups
-    stored in its metadata are returned (its quantizers are shared already).
+    stored in its metadata are returned (its quantizers are shared already). ``overrides`` are
+    ``--rule ID=SETTING`` items (:meth:`trtqat.graph.policy.Policy.with_overrides`). ``float`` says why
+    each float module stays float.
     """
     loaded = load_checkpoint(ckpt, repo)
     check_size(size, loaded.model)
     if loaded.extra:
         meta = loaded.extra
         return {"family": loaded.family.name, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
-                "fanouts": [], "ignored": [], "ignore_policy": list(meta.get("ignore", [])), "converted": [],
-                "fanout_mode": "", "fanout_why": "", "stored": True}
-    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, use_rules=False)
+                "fanouts": [], "ignored": list(meta.get("float", {})), "float": dict(meta.get("float", {})),
+                "ignore_policy": list(meta.get("ignore", [])), "converted": list(meta.get("converted", {})),
+                "placement": meta.get("placement", ""), "fanout_mode": "", "fanout_why": "", "stored": True}
+    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, use_rules=False, rule_overrides=overrides)
     model, replaced, _, patterns = prepare_quantized(loaded, qconf, size)
-    policy = load_policy(loaded.family, rules_file)
+    policy = load_policy(loaded.family, rules_file).with_overrides(overrides)
     policy = dataclasses.replace(policy, ignore=policy.ignore + tuple(ignore))  # explicit: never converted
     result = discover(model, policy, size=size)
     converted = converted_modules(result.groups)
     fanout = policy.active("float-fanout")
+    still_float = {m for f in result.fanouts for m in f.float_readers}
+    why = {m: replaced.float_why[m] + (f"; {policy.fanout_mode()} mode: its input is also read in INT8"
+                                       if m in still_float else "")
+           for m in replaced.ignored if m not in converted}
     return {"family": loaded.family.name, "policy": list(policy.sources), **result.to_dict(),
-            "ignored": [m for m in replaced.ignored if m not in converted], "ignore_policy": list(patterns),
+            "ignored": list(why), "float": why, "ignore_policy": list(patterns),
             "converted": converted, "fanout_mode": policy.fanout_mode(),
             "fanout_why": fanout[0].why if fanout else "", "stored": False}
