@@ -111,6 +111,8 @@ def _quantize(job: QuantizeJob, env, progress: ProgressFactory, on_epoch) -> Qua
 
     job.validate()
     outcome = QuantizeOutcome(is_main=env.is_main)
+    if not env.is_main:  # one progress bar on the terminal: rank 0's (it counts its own share)
+        progress = _no_progress
     if not job.resume:
         bar, advance, set_total = progress("calibrating")
         with bar:

@@ -283,10 +283,11 @@ def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def check_lockstep(tensors: Sequence[torch.Tensor], env: DistEnv, what: str) -> bool:
-    """Raise when the ranks' ``tensors`` differ (DDP must keep replicas bit-identical); True when checked."""
+def check_lockstep(tensors: Sequence[torch.Tensor], env: DistEnv, what: str) -> bool | None:
+    """Raise when the ranks' ``tensors`` differ (DDP must keep replicas bit-identical); True when checked,
+    None for a single process (nothing to compare)."""
     if not active(env):
-        return False
+        return None
     digests = all_gather_object(fingerprint(tensors), env)
     if len(set(digests)) != 1:
         raise AssertionError(f"ranks diverged: {what} differ between ranks ({digests})")
