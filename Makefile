@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-all test-gpu bench bench-cuda lint clean
+.PHONY: install demo test test-all test-gpu bench bench-cuda lint clean fixtures
 
 install:
 	@# An unpinned torch pulls several GB of CUDA wheels; pin the CPU build when torch is absent.
@@ -21,6 +21,9 @@ test-all:
 
 test-gpu:  # CUDA paths (needs a GPU; CI has none)
 	$(PYTHON) -m pytest -q -m gpu tests/gpu
+
+fixtures:  # retrain the committed trained detectors (trtqat/demo/trained/): about an hour on 2 CPU cores
+	$(PYTHON) -m trtqat.demo.train_fixtures --all --build build
 
 bench:
 	$(PYTHON) -m benchmarks.run

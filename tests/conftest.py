@@ -60,3 +60,23 @@ def calib_images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calib") / "images"
     demo_fixtures.make_images(folder, n=8, labels=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """Factory ``family -> (checkpoint_path, repo_dir)`` for the committed trained detectors
+    (:mod:`trtqat.demo.trained`); nc=8 shape classes, trained at 320. Read-only."""
+    from trtqat.demo import trained
+
+    root = tmp_path_factory.mktemp("trained")
+    return lambda family: trained.trained_checkpoint(family, root / f"repo_{family}")
+
+
+@pytest.fixture(scope="session")
+def shapes_val(tmp_path_factory):
+    """The generated shapes dataset (:mod:`trtqat.demo.shapes`) with a 64-image held-out val split
+    (seed 0, the split the trained fixtures never saw) and 32 train images; ``.val_images``,
+    ``.val_json``, ``.train_images``."""
+    from trtqat.demo import shapes
+
+    return shapes.write_dataset(tmp_path_factory.mktemp("shapes"), train=32, val=64, seed=0)
