@@ -145,3 +145,28 @@ def test_class_ties_count_as_the_same_top_class():
 def test_non_head_outputs_are_compared_whole():
     ref = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert list(verify.measure_output(ref, ref, decoded=True)) == ["all"]
+
+
+@pytest.mark.parametrize("family", list(TRAINED.values()))
+def test_trained_export_gives_identical_top_detections(exported, family):
+    """The deployed detections of the Q/DQ ONNX are those of the PyTorch model: after NMS at confidence
+    0.25, per image the same number of detections, the same classes in the same order, boxes at
+    IoU >= 0.95 and confidences within 0.01."""
+    import torch
+
+    from trtqat.eval.boxes import box_iou
+    from trtqat.eval.nms import non_max_suppression
+
+    model, data, size, head, calib = exported(f"trained-{family}")
+    x, _ = verify.verification_inputs(size, 8, calib)
+    ref = verify.torch_reference(model, x, head=head, quantized=True)[0]
+    got = verify.ort_session(data).run(None, {"images": x})[0]
+    dets = [non_max_suppression(torch.from_numpy(o), conf_thres=0.25, iou_thres=0.45, multi_label=False)
+            for o in (ref, got)]
+    assert sum(len(d) for d in dets[0]) >= 8  # the images have objects and the model finds them
+    for r, g in zip(*dets):
+        assert len(r) == len(g)
+        assert torch.equal(r[:, 5], g[:, 5])
+        if len(r):
+            assert float(box_iou(r[:, :4], g[:, :4]).diagonal().min()) >= 0.95
+            assert float((r[:, 4] - g[:, 4]).abs().max()) <= 0.01

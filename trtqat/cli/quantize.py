@@ -21,6 +21,8 @@ from .output import emit_json, print_table, say
 
 @click.command(name="quantize", help=f"""Quantize CKPT (a YOLOv5/YOLOv7 train.py checkpoint) with PTQ, optionally QAT.
 
+A trtqat PTQ/QAT checkpoint is refused (it is calibrated already): measure it with 'trtqat eval'.
+
 \b
 Examples:
   trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt

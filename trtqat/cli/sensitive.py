@@ -24,6 +24,7 @@ top-level layer is measured with its quantizers disabled (--mode drop: the accur
 or as the only quantized layer (--mode single: the accuracy it costs alone). Accuracy is COCO mAP@0.5:0.95
 on --val with labels (YOLO txt or --val-ann), else the mean SQNR (dB) of the outputs against the float
 model on --val or the calibration images. Prints the --ignore-policy keeping the --top-k layers in float.
+CKPT is a float train.py checkpoint; a trtqat PTQ/QAT checkpoint is refused (exit 2).
 
 \b
 Example:
