@@ -103,8 +103,13 @@ def init_process_group(env: DistEnv) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout_seconds()))
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_seconds()))
+    except (ValueError, RuntimeError) as exc:  # no MASTER_ADDR/PORT, the rendezvous timed out ...
+        raise UsageError(f"rank {env.rank} of {env.world_size} could not join the torchrun job "
+                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})",
+                         "Launch with torchrun --nproc_per_node N, or unset WORLD_SIZE for one process") from exc
     with contextlib.suppress(ValueError):  # only possible from the main thread
         signal.signal(signal.SIGTERM, _on_sigterm)
 
