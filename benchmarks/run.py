@@ -14,12 +14,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import amax_search, export_bench, placement, ptq, qat_step, throughput
+from . import amax_search, export_bench, peers, placement, ptq, qat_step, throughput
 from .common import RESULTS_DIR, Config, Workspace, log, machine_info, rnd, write_result
 
 #: result name -> module with run(ws, cfg); the order is the order of execution
 BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throughput, "qat_step": qat_step,
-              "placement": placement, "export": export_bench}
+              "placement": placement, "export": export_bench, "peers": peers}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
 #: the project README carries the same table between the same markers
@@ -98,7 +98,8 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
              "placement_target_met": _get(results, "placement", "target_no_standalone_but_input"),
              "export": {f: {k: _get(results, "export", "families", f, k)
                             for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
-                        for f in ("yolov5", "yolov7")}},
+                        for f in ("yolov5", "yolov7")},
+             "peers": results.get("peers")},
          "errors": errors, "seconds_total": seconds}
     return s
 
@@ -154,6 +155,7 @@ def table(summary: dict) -> str:
         e = d["export"][fam]
         rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
                      f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
+    rows += peers_rows(d.get("peers"))
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
@@ -164,6 +166,23 @@ def table(summary: dict) -> str:
         lines.append("")
         lines.append("Failed benchmarks: " + "; ".join(f"{k}: {v}" for k, v in summary["errors"].items()))
     return "\n".join(lines)
+
+
+def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
+    """ModelOpt ONNX PTQ / + trtqat optimize / + optimize --calib / trtqat (benchmarks/peers.py)."""
+    if not p:
+        return []
+    if p.get("skipped"):
+        return [("ModelOpt ONNX PTQ vs trtqat optimize (benchmarks/peers.py)", p["skipped"], "")]
+    out = []
+    for fam, r in p.get("families", {}).items():
+        v = r["variants"]
+        keys = ("modelopt", "modelopt+optimize", "modelopt+optimize --calib", "trtqat")
+        out.append((f"{fam}: standalone Q/DQ, ModelOpt {p.get('modelopt_version', '')} ONNX PTQ / + trtqat optimize / "
+                    "+ optimize --calib / trtqat", " / ".join(_fmt(v[k]["standalone_qdq"]) for k in keys), "1 (input)"))
+        out.append((f"{fam}: mAP@0.5:0.95 float / same four", " / ".join(_fmt(v[k]["map"], 4)
+                                                                         for k in ("float", *keys)), ""))
+    return out
 
 
 def update_readme(path: Path, summary: dict) -> None:
