@@ -14,12 +14,13 @@ import time
 import traceback
 from pathlib import Path
 
-from . import amax_search, export_bench, peers, placement, ptq, qat_step, throughput
+from . import accuracy, amax_search, export_bench, peers, placement, ptq, qat_step, scaleout, throughput
 from .common import RESULTS_DIR, Config, Workspace, log, machine_info, rnd, write_result
 
 #: result name -> module with run(ws, cfg); the order is the order of execution
 BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throughput, "qat_step": qat_step,
-              "placement": placement, "export": export_bench, "peers": peers}
+              "placement": placement, "export": export_bench, "scaleout": scaleout, "peers": peers,
+              "accuracy": accuracy}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
 #: the project README carries the same table between the same markers
@@ -90,6 +91,7 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
              "ptq_peak_rss_mib": _get(results, "ptq", "peak_rss_mib"),
              "ptq_over_tuned_floor": _get(results, "ptq", "ptq_over_tuned_floor"),
              "qat_seconds_per_step": _get(results, "qat_step", "seconds_per_step"),
+             "scaleout_2_over_1": {k: _get(results, "scaleout", f"{k}_speedup_2_over_1") for k in ("calib", "qat_step")},
              "calib_images_per_s": {f: _get(results, "calib_throughput", "families", f, "cpu", "images_per_s")
                                     for f in ("yolov5", "yolov7")},
              "placement": {f: {v: {k: _get(results, "placement", "families", f, v, k)
@@ -100,6 +102,7 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
                             for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
                         for f in ("yolov5", "yolov7")},
              "peers": results.get("peers")},
+         "accuracy": {k: _get(results, "accuracy", k) for k in (*accuracy.HEADLINE_KEYS, "targets_met")},
          "errors": errors, "seconds_total": seconds}
     return s
 
@@ -129,6 +132,9 @@ def table(summary: dict) -> str:
             ("PTQ wall time, trtqat / float forward floor", _fmt(summary["ptq_over_floor"], 2, "x"), "<= 1.3x"),
             ("PTQ amax equal to the reference flow's (within one bin)", _fmt(d["ptq_amax_within_one_bin"]), "yes"),
             ("QAT step, reference / trtqat", _fmt(summary["qat_step_speedup"], 2, "x"), ">= 1.0x")]
+    so = d.get("scaleout_2_over_1") or {}
+    rows.append(("scale-out, 1 / 2 processes on the same CPU cores (gloo): calibration, QAT step",
+                 f"{_fmt(so.get('calib'), 2, 'x')}, {_fmt(so.get('qat_step'), 2, 'x')}", ""))
     sec = d.get("ptq_seconds") or {}
     if sec:
         rows.append(("PTQ seconds: floor / tuned floor / trtqat / reference",
@@ -156,6 +162,7 @@ def table(summary: dict) -> str:
         rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
                      f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
     rows += peers_rows(d.get("peers"))
+    rows += accuracy_rows(summary.get("accuracy"), results_file=True)
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
@@ -183,6 +190,23 @@ def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
         out.append((f"{fam}: mAP@0.5:0.95 float / same four", " / ".join(_fmt(v[k]["map"], 4)
                                                                          for k in ("float", *keys)), ""))
     return out
+
+
+def accuracy_rows(a: dict | None, results_file: bool = False) -> list[tuple[str, str, str]]:
+    """Headline accuracy keys (benchmarks/accuracy.py), then per family float / PTQ methods / QAT / ONNX mAP."""
+    if not a or a.get("qat_map_drop") is None:
+        return []
+    rows = [(f"{accuracy.LABELS[k]} (mAP@0.5:0.95 points, worse family)", _fmt(a[k], 2),
+             f"<= {accuracy.TARGETS[k]}" if k in accuracy.TARGETS else "") for k in accuracy.HEADLINE_KEYS]
+    doc = RESULTS_DIR / "accuracy.json"
+    if results_file and doc.is_file():
+        fams = json.loads(doc.read_text()).get("families", {})
+        for fam, r in fams.items():
+            v = r["rows"]
+            names = ("float", *accuracy.METHODS, "mse_no_share", "qat", "eval_qat_onnx")
+            rows.append((f"{fam} mAP@0.5:0.95: float / PTQ {' / '.join(accuracy.METHODS)} / no sharing / QAT / QAT ONNX",
+                         " / ".join(_fmt(v[n]["map"], 4) for n in names if n in v), ""))
+    return rows
 
 
 def update_readme(path: Path, summary: dict) -> None:
