@@ -14,13 +14,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import accuracy, amax_search, export_bench, peers, placement, ptq, qat_step, scaleout, throughput
+from . import amax_search, export_bench, peers, placement, ptq, qat_step, scaleout, throughput
 from .common import RESULTS_DIR, Config, Workspace, log, machine_info, rnd, write_result
 
 #: result name -> module with run(ws, cfg); the order is the order of execution
 BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throughput, "qat_step": qat_step,
-              "placement": placement, "export": export_bench, "scaleout": scaleout, "peers": peers,
-              "accuracy": accuracy}
+              "placement": placement, "export": export_bench, "scaleout": scaleout, "peers": peers}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
 #: the project README carries the same table between the same markers
@@ -102,7 +101,6 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
                             for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
                         for f in ("yolov5", "yolov7")},
              "peers": results.get("peers")},
-         "accuracy": {k: _get(results, "accuracy", k) for k in (*accuracy.HEADLINE_KEYS, "targets_met")},
          "errors": errors, "seconds_total": seconds}
     return s
 
@@ -162,7 +160,6 @@ def table(summary: dict) -> str:
         rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
                      f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
     rows += peers_rows(d.get("peers"))
-    rows += accuracy_rows(summary.get("accuracy"), results_file=True)
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
@@ -190,23 +187,6 @@ def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
         out.append((f"{fam}: mAP@0.5:0.95 float / same four", " / ".join(_fmt(v[k]["map"], 4)
                                                                          for k in ("float", *keys)), ""))
     return out
-
-
-def accuracy_rows(a: dict | None, results_file: bool = False) -> list[tuple[str, str, str]]:
-    """Headline accuracy keys (benchmarks/accuracy.py), then per family float / PTQ methods / QAT / ONNX mAP."""
-    if not a or a.get("qat_map_drop") is None:
-        return []
-    rows = [(f"{accuracy.LABELS[k]} (mAP@0.5:0.95 points, worse family)", _fmt(a[k], 2),
-             f"<= {accuracy.TARGETS[k]}" if k in accuracy.TARGETS else "") for k in accuracy.HEADLINE_KEYS]
-    doc = RESULTS_DIR / "accuracy.json"
-    if results_file and doc.is_file():
-        fams = json.loads(doc.read_text()).get("families", {})
-        for fam, r in fams.items():
-            v = r["rows"]
-            names = ("float", *accuracy.METHODS, "mse_no_share", "qat", "eval_qat_onnx")
-            rows.append((f"{fam} mAP@0.5:0.95: float / PTQ {' / '.join(accuracy.METHODS)} / no sharing / QAT / QAT ONNX",
-                         " / ".join(_fmt(v[n]["map"], 4) for n in names if n in v), ""))
-    return rows
 
 
 def update_readme(path: Path, summary: dict) -> None:
