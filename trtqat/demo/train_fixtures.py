@@ -215,7 +215,9 @@ def train(cfg: TrainConfig, data_root: Path, out: Path, log=print) -> dict:
     log(f"[train {cfg.family}] final EMA mAP@0.5:0.95 {res['map']:.4f} mAP@0.5 {res['map50']:.4f} "
         f"({res['images']} held-out images); {train_seconds / 60:.1f} min")
     release = _save(cfg, final, ema.updates, out)
-    record = {"config": asdict(cfg), "classes": list(CLASSES), "train_images": len(labels),
+    record = {"family": cfg.family, "size": cfg.size, "width_multiple": FAMILY_WIDTH[cfg.family],
+              "float_map": res["map"], "float_map50": res["map50"], "dataset": DATASET,
+              "config": asdict(cfg), "classes": list(CLASSES), "train_images": len(labels),
               "params": sum(p.numel() for p in release.parameters()), "train_minutes": round(train_seconds / 60, 1),
               "float_eval": res, "history": history, "torch": torch.__version__}
     write_json(out.with_suffix(".json"), record)
