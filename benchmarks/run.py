@@ -14,12 +14,13 @@ import time
 import traceback
 from pathlib import Path
 
-from . import amax_search, export_bench, peers, placement, ptq, qat_step, scaleout, throughput
+from . import accuracy, amax_search, export_bench, peers, placement, ptq, qat_step, scaleout, throughput
 from .common import RESULTS_DIR, Config, Workspace, log, machine_info, rnd, write_result
 
 #: result name -> module with run(ws, cfg); the order is the order of execution
 BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throughput, "qat_step": qat_step,
-              "placement": placement, "export": export_bench, "scaleout": scaleout, "peers": peers}
+              "placement": placement, "export": export_bench, "scaleout": scaleout, "peers": peers,
+              "accuracy": accuracy}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
 #: the project README carries the same table between the same markers
@@ -55,9 +56,13 @@ def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = N
             write_result(name, res, cfg, out_dir)
             results[name] = res
     torch.set_num_threads(threads)
+    if only:  # a partial run: the summary and table keep the last committed result of every other benchmark
+        for name in BENCHMARKS:
+            if name not in results and name not in errors and (out_dir / f"{name}.json").is_file():
+                results[name] = json.loads((out_dir / f"{name}.json").read_text())
     summary = build_summary(results, errors, cfg, time.perf_counter() - t0)
     write_result("summary", summary, cfg, out_dir)
-    if readme is not None and not only:
+    if readme is not None:
         update_readme(readme, summary)
         if readme == README and TOP_README.is_file():
             update_readme(TOP_README, summary)
@@ -101,6 +106,11 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
                             for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
                         for f in ("yolov5", "yolov7")},
              "peers": results.get("peers")},
+         "accuracy": {**{k: _get(results, "accuracy", k) for k in (*accuracy.HEADLINE_KEYS, "targets_met")},
+                      "families": {f: {"rows": {n: {"map": r["map"]} for n, r in v["rows"].items()},
+                                       "best_method_by_map": v["best_method_by_map"],
+                                       "best_method_by_sqnr": v["best_method_by_sqnr"]}
+                                   for f, v in (_get(results, "accuracy", "families") or {}).items()}},
          "errors": errors, "seconds_total": seconds}
     return s
 
@@ -160,6 +170,7 @@ def table(summary: dict) -> str:
         rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
                      f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
     rows += peers_rows(d.get("peers"))
+    rows += accuracy_rows(summary.get("accuracy"))
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
@@ -187,6 +198,22 @@ def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
         out.append((f"{fam}: mAP@0.5:0.95 float / same four", " / ".join(_fmt(v[k]["map"], 4)
                                                                          for k in ("float", *keys)), ""))
     return out
+
+
+def accuracy_rows(a: dict | None) -> list[tuple[str, str, str]]:
+    """Headline accuracy keys (benchmarks/accuracy.py), then per family float / PTQ methods / QAT / ONNX mAP."""
+    if not a or a.get("qat_map_drop") is None:
+        return []
+    rows = [(f"{accuracy.LABELS[k]} (mAP@0.5:0.95 points, worse family)", _fmt(a[k], 2),
+             f"<= {accuracy.TARGETS[k]}" if k in accuracy.TARGETS else "") for k in accuracy.HEADLINE_KEYS]
+    names = ("float", *accuracy.METHODS, "mse_no_share", "mse_tq007_report", "qat", "eval_qat_onnx")
+    for fam, r in a.get("families", {}).items():
+        v = r["rows"]
+        shown = [n for n in names if n in v]
+        rows.append((f"{fam} mAP@0.5:0.95: {' / '.join(accuracy.SHORT.get(n, n) for n in shown)}",
+                     " / ".join(_fmt(v[n]["map"], 4) for n in shown),
+                     f"best PTQ by mAP {r['best_method_by_map']}, by SQNR {r['best_method_by_sqnr']}"))
+    return rows
 
 
 def update_readme(path: Path, summary: dict) -> None:
