@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .normalize_qdq import is_activation_q
+from .normalize_qdq import is_activation_q, unique_name
 from .policy import Policy
 from .qdq import constant_value, consumer_map, is_dq, is_q, opset_of, producer_map, read_qparams
 from .scale_groups import find_scale_sets
@@ -145,27 +145,30 @@ def apply_insertions(graph: gs.Graph, insertions: list[Insertion], *, placeholde
     the caller then calibrates it.
     """
     nodes = {n.name: n for n in graph.nodes}
+    taken = set(graph.tensors())
     new_qs: dict[str, Insertion] = {}
-    for k, ins in enumerate(insertions):
+    for ins in insertions:
         node = nodes[ins.node]
         tensor = next(t for t in node.inputs if t is not None and t.name == ins.tensor)
         sibling = nodes.get(ins.sibling_q)
         if sibling is not None:
             value = np.asarray(constant_value(sibling.inputs[1], through_identity=True))
-            scale = gs.Constant(f"{ins.node}/trtqat_in_scale_{k}", value)
+            scale = gs.Constant(unique_name(f"{ins.node}/trtqat_in_scale", taken), value)
             zp = np.asarray(constant_value(sibling.inputs[2], through_identity=True)) if len(sibling.inputs) > 2 \
                 else np.zeros((), np.int8)
         else:
-            scale = gs.Constant(f"{ins.node}/trtqat_in_scale_{k}", np.asarray(placeholder, np.float32))
+            scale = gs.Constant(unique_name(f"{ins.node}/trtqat_in_scale", taken),
+                                np.asarray(placeholder, np.float32))
             zp = np.zeros((), np.int8)
-        zero = gs.Constant(f"{ins.node}/trtqat_in_zp_{k}", np.asarray(zp, np.int8).reshape(np.shape(zp)))
-        q, dq_out = _pair(graph, tensor, scale, zero, f"{ins.node}/trtqat_in_{k}")
+        zero = gs.Constant(unique_name(f"{ins.node}/trtqat_in_zp", taken),
+                           np.asarray(zp, np.int8).reshape(np.shape(zp)))
+        q, dq_out = _pair(graph, tensor, scale, zero, unique_name(f"{ins.node}/trtqat_in", taken))
         for i, t in enumerate(node.inputs):
             if t is tensor:
                 node.inputs[i] = dq_out
         new_qs[q.name] = ins
         if ins.kind == "float-fanout":
-            _quantize_weight(graph, node, k)
+            _quantize_weight(graph, node, unique_name(f"{node.name}/trtqat_w", taken))
     graph.cleanup().toposort()
     return new_qs
 
@@ -180,19 +183,19 @@ def _pair(graph: gs.Graph, x: gs.Tensor, scale: gs.Constant, zero: gs.Constant, 
     return q, dq_out
 
 
-def _quantize_weight(graph: gs.Graph, conv: gs.Node, k: int) -> None:
+def _quantize_weight(graph: gs.Graph, conv: gs.Node, name: str) -> None:
     """Per-output-channel (axis 0) Q/DQ on ``conv``'s constant weight, amax = max |w| per channel."""
     w_t = conv.inputs[1]
     w = np.asarray(constant_value(w_t))
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
     scale = np.maximum(amax / BOUND, float(np.finfo(w.dtype).tiny)).astype(w.dtype)
-    s = gs.Constant(f"{conv.name}/trtqat_w_scale", scale)
-    z = gs.Constant(f"{conv.name}/trtqat_w_zp", np.zeros(w.shape[0], np.int8))
-    q_out = gs.Variable(f"{conv.name}/trtqat_w_{k}_q_out", dtype=np.int8, shape=list(w.shape))
-    dq_out = gs.Variable(f"{conv.name}/trtqat_w_{k}_dq_out", dtype=w.dtype, shape=list(w.shape))
-    graph.nodes += [gs.Node("QuantizeLinear", name=f"{conv.name}/trtqat_w_q", inputs=[w_t, s, z], outputs=[q_out],
+    s = gs.Constant(f"{name}_scale", scale)
+    z = gs.Constant(f"{name}_zp", np.zeros(w.shape[0], np.int8))
+    q_out = gs.Variable(f"{name}_q_out", dtype=np.int8, shape=list(w.shape))
+    dq_out = gs.Variable(f"{name}_dq_out", dtype=w.dtype, shape=list(w.shape))
+    graph.nodes += [gs.Node("QuantizeLinear", name=f"{name}_q", inputs=[w_t, s, z], outputs=[q_out],
                             attrs={"axis": 0}),
-                    gs.Node("DequantizeLinear", name=f"{conv.name}/trtqat_w_dq", inputs=[q_out, s, z],
+                    gs.Node("DequantizeLinear", name=f"{name}_dq", inputs=[q_out, s, z],
                             outputs=[dq_out], attrs={"axis": 0})]
     conv.inputs[1] = dq_out
 

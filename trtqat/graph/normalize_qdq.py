@@ -75,6 +75,17 @@ def name_nodes(graph: gs.Graph) -> int:
     return renamed
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """A name for new tensors/nodes: ``base`` or ``base_<n>``, chosen so that neither it nor any name derived
+    from it (``<name>_q_out`` ...) is in ``taken`` (which it joins). Two tensors of one name would become one
+    in the exported ONNX, silently (a second ``optimize`` run would otherwise reuse the first run's names)."""
+    name, n = base, 1
+    while name in taken or any(t.startswith(name + "_") for t in taken):
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
 def tensor_dtype(tensor: gs.Tensor) -> np.dtype | None:
     """The element type of ``tensor``, or None when neither the graph nor a DQ producer says."""
     if tensor.dtype is not None:
@@ -117,6 +128,7 @@ def fold_qparam_producers(graph: gs.Graph) -> int:
     """Make every constant Q/DQ scale and zero point an initializer (through Identity/Constant nodes)."""
     folded = 0
     made: dict[str, gs.Constant] = {}  # a Q and its DQ usually read the same scale tensor: one initializer
+    taken = set(graph.tensors())
     for node in graph.nodes:
         if node.op not in (Q_OP, DQ_OP):
             continue
@@ -128,7 +140,7 @@ def fold_qparam_producers(graph: gs.Graph) -> int:
             if value is None:
                 continue  # a computed scale: the parser check reports it
             if t.name not in made:
-                made[t.name] = gs.Constant(f"{t.name}_folded", np.array(value))
+                made[t.name] = gs.Constant(unique_name(f"{t.name}_folded", taken), np.array(value))
                 folded += 1
             node.inputs[i] = made[t.name]
     return folded

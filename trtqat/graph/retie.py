@@ -20,6 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .insert_qdq import BOUND, scale_of
+from .normalize_qdq import unique_name
 from .qdq import constant_value, consumer_map, is_dq, is_q, producer_map
 from .scale_groups import ScaleSet
 
@@ -70,6 +71,7 @@ def tie_scales(graph: gs.Graph, sets: tuple[ScaleSet, ...], amax: Mapping[int, f
     """
     nodes = {n.name: n for n in graph.nodes}
     cons = consumer_map(graph)
+    taken = set(graph.tensors())  # a repeated name would make two tensors one in the exported ONNX
     out: list[TiedGroup] = []
     for k, s in enumerate(sets):
         qs = [nodes[name] for name in s.q_nodes if name in nodes]
@@ -87,7 +89,7 @@ def tie_scales(graph: gs.Graph, sets: tuple[ScaleSet, ...], amax: Mapping[int, f
                 v = np.asarray(value, dtype=dtype)
                 if not v > 0:  # underflow in a narrow float type: TensorRT rejects a zero scale
                     v = np.asarray(np.finfo(dtype).tiny, dtype=dtype)
-                constants[dtype] = gs.Constant(f"trtqat_group{k}_scale_{dtype.name}", v)
+                constants[dtype] = gs.Constant(unique_name(f"trtqat_group{k}_scale_{dtype.name}", taken), v)
             c = constants[dtype]
             q.inputs[1] = c
             for reader in cons.get(q.outputs[0].name, []):
