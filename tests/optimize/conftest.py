@@ -12,26 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: input size of the fixture exports (stride 32)
-SIZE = 64
+from optimize_helpers import SIZE, noise_batches
 
 
 def _trtqat(*args) -> None:
     proc = subprocess.run([sys.executable, "-m", "trtqat", *[str(a) for a in args]], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def noise_batches(n: int = 4, size: int = SIZE) -> list[np.ndarray]:
-    from trtqat.data.images import seeded_noise
-
-    return [seeded_noise(1, size, seed) for seed in range(n)]
 
 
 @pytest.fixture(scope="session")

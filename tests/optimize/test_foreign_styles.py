@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import noise_batches
 from foreign_styles import modelopt_onnx, modelopt_torch
+from optimize_helpers import noise_batches
 
 from trtqat.calib.ort_collect import run_outputs
 from trtqat.graph.lint import lint_model

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import noise_batches
 from foreign_styles import modelopt_onnx, tensor_amax
+from optimize_helpers import noise_batches
 from yolov8_graph import yolov8_float
 
 from trtqat.cli import main

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import noise_batches
 from foreign_styles import modelopt_onnx, modelopt_torch, tensor_amax
+from optimize_helpers import noise_batches
 from yolov8_graph import yolov8_float
 
 from trtqat.calib.ort_collect import run_outputs
