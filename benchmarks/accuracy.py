@@ -54,7 +54,7 @@ def settings(cfg: Config) -> dict:
 
 def run(ws: Workspace, cfg: Config) -> dict:
     s = settings(cfg)
-    families = {}
+    families, failed = {}, {}
     for family in FAMILIES:
         with tempfile.TemporaryDirectory(prefix=f"trtqat-acc-{family}-") as tmp:
             out = Path(tmp) / "result.json"
@@ -62,10 +62,13 @@ def run(ws: Workspace, cfg: Config) -> dict:
                    "--settings", json.dumps(s)]
             log(f"accuracy: {family} ({s['val']} held-out images at {s['size']} px)")
             proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"accuracy child for {family} failed (exit {proc.returncode})")
+            if proc.returncode != 0:  # keep the other family's numbers; the failure is reported, not hidden
+                failed[family] = f"child exited {proc.returncode} (traceback above in the log)"
+                continue
             families[family] = json.loads(out.read_text())
-    return {"settings": s, "families": families, **headline(families), "targets": TARGETS}
+    if not families:
+        raise RuntimeError(f"accuracy failed for every family: {failed}")
+    return {"settings": s, "families": families, "failed_families": failed, **headline(families), "targets": TARGETS}
 
 
 def headline(families: dict) -> dict:
@@ -130,7 +133,9 @@ def measure(family: str, s: dict, work: Path) -> dict:
     rows["qat"] = score(qat, "qat", reference=default.model)
     log(f"accuracy {family}: export the QAT model and score .pt and .onnx through trtqat eval")
     onnx_path = work / "qat.onnx"
-    export_model(work / "qat.pt", repo, ExportConfig(size=s["size"], save=onnx_path, dynamic=True))
+    # verify=False: the quantity measured here is the exported ONNX's own mAP (trtqat eval, below); the
+    # export-time verification is covered by tests/export
+    export_model(work / "qat.pt", repo, ExportConfig(size=s["size"], save=onnx_path, dynamic=True, verify=False))
     ev = run_eval(EvalJob(models=(work / "qat.pt", onnx_path), val_dir=data.val_images, val_ann=data.val_json,
                           repo=repo, size=s["size"], batch_size=s["batch"]))
     torch_row, onnx_row = ev["rows"]
