@@ -48,7 +48,8 @@ max error (7-38 px) came from low-confidence boxes far outside the image. So a Y
   max abs error of the class probabilities there. A correlation cannot be fooled by the large common
   offset of background logits, and a constant output (every score 0.5) has none;
 - ``top class``: the share of the rows that matter whose best class is the same, or a tie in the
-  reference (scores within ``CLASS_TIE``, 1e-3) (max abs error of the confidence on those rows).
+  reference (scores within ``CLASS_TIE``, 1e-3) (max abs error of the confidence on those rows); its
+  minimum is ``TOP_CLASS_MIN`` (0.9), not the similarity bound: a share of rows moves in whole rows.
 
 Any other output (a model that is not a YOLO head) is compared whole, as ``all``.
 """
@@ -98,6 +99,13 @@ TOP_ROWS = 100
 CLASS_TIE = 1e-3
 #: scores are compared as logits clipped to +-logit(1 - SCORE_EPS): beyond it FP16 probabilities saturate
 SCORE_EPS = 1e-3
+#: the top-class agreement must reach at least this share of the rows that matter (or the noise-floor bound,
+#: when lower). It is a count, not a similarity: one row whose two best classes are close flips with any
+#: rounding difference, and a trained YOLOv7 QAT export agreed on 96 % of its confident rows at batch 4
+#: while every other part passed (benchmarks/accuracy.py: the same mAP through onnxruntime). Wholesale
+#: class errors sit far below (reversed classes 0-0.3, every score 0.5 ~0.02); the fine-grained check of the
+#: class scores is the ``classes`` correlation.
+TOP_CLASS_MIN = 0.9
 #: the parts of a YOLO head output, in report order, and the similarity measure of each
 PARTS = {"boxes": "cosine", "objectness": "correlation", "classes": "correlation", "top class": "agreement"}
 
@@ -273,7 +281,8 @@ def check_graphs(model, graphs: dict[str, bytes], *, size: int, head: str, quant
                     limit = tol.limit(ref_max)
                     if limit is not None:  # a chaotic float model moves a few elements by more than 1e-3 x max
                         limit = max(limit, FLOOR_FACTOR * floor_abs)
-                    min_sim = min(tol.min_cosine, 1 - FLOOR_FACTOR * (1 - floor_sim))
+                    fixed = TOP_CLASS_MIN if part == "top class" else tol.min_cosine
+                    min_sim = min(fixed, 1 - FLOOR_FACTOR * (1 - floor_sim))
                     ok = bool(np.isfinite(max_abs) and np.isfinite(sim)) and sim >= min_sim and (
                         limit is None or max_abs <= limit)
                     report.checks.append(OutputCheck(
