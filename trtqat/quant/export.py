@@ -15,6 +15,7 @@ Steps (each explained in its module):
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import torch
 
 from .. import __version__
 from .._io import atomic_path
@@ -164,7 +166,7 @@ def export_module(model, save: str | Path, config: ExportConfig, *, family: str 
         say("casting the float parts to FP16")
         final, fp16 = convert_to_fp16(clean)
         final = infer_and_check(final, dynamic_batch=config.dynamic)
-    _add_metadata(final, family=family, kind=kind, config=config)
+    _add_metadata(final, family=family, kind=kind, config=config, head=_detect_head_metadata(model, config))
     data = final.SerializeToString()
     result = ExportResult(path=Path(save), family=family, kind=kind, config=config, outputs=output_shapes(final),
                           qdq=qdq_summary(final), cleanup=report, fp16=fp16)
@@ -192,10 +194,23 @@ def export_module(model, save: str | Path, config: ExportConfig, *, family: str 
     return result
 
 
-def _add_metadata(model: onnx.ModelProto, *, family: str, kind: str, config: ExportConfig) -> None:
+def _detect_head_metadata(model, config: ExportConfig) -> dict[str, str]:
+    """With ``--head raw``: the anchors (input pixels, per level) and strides a reader needs to decode the
+    boxes, in the format of :mod:`trtqat.eval.raw_head` (``trtqat eval`` reads them). Empty otherwise."""
+    layers = getattr(model, "model", None)
+    head = layers[-1] if layers is not None and len(layers) else None
+    if config.head != "raw" or head is None or getattr(head, "stride", None) is None:
+        return {}
+    strides = torch.as_tensor(head.stride).float().flatten()
+    anchors = torch.as_tensor(head.anchors).float().reshape(len(strides), -1, 2) * strides.view(-1, 1, 1)
+    return {"anchors": json.dumps(anchors.tolist()), "strides": json.dumps(strides.tolist())}
+
+
+def _add_metadata(model: onnx.ModelProto, *, family: str, kind: str, config: ExportConfig,
+                  head: dict[str, str] | None = None) -> None:
     """Provenance in the ONNX metadata (TensorRT ignores it; ``trtqat lint`` and humans can read it)."""
     meta = {"trtqat_version": __version__, "family": family, "kind": kind, "size": str(config.size),
-            "head": config.head, "float_dtype": config.float_dtype}
+            "head": config.head, "float_dtype": config.float_dtype, **(head or {})}
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
