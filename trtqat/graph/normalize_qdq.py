@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq import DQ_OP, Q_OP, constant_value, consumer_map, is_dq, is_q, merge_equal_scale_qs, read_qparams
+from .qdq import DQ_OP, Q_OP, constant_value, consumer_map, is_dq, is_q, merge_equal_scale_qs, read_qparams, replace_uses
 
 _ONNX_TO_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.BFLOAT16: None}
@@ -114,11 +114,9 @@ def remove_noop_casts(graph: gs.Graph) -> int:
         src = tensor_dtype(node.inputs[0])
         if to is None or src is None or np.dtype(to) != src:
             continue
-        x, y = node.inputs[0], node.outputs[0]
-        for consumer in list(y.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is y:
-                    consumer.inputs[i] = x
+        if any(t is node.outputs[0] for t in graph.outputs):
+            continue  # removing it would rename a graph output
+        replace_uses(graph, node.outputs[0], node.inputs[0])
         node.outputs.clear()
         removed += 1
     return removed
@@ -158,14 +156,7 @@ def merge_duplicate_dqs(graph: gs.Graph) -> int:
             if twin is None:
                 kept.append(dq)
                 continue
-            out = dq.outputs[0]
-            for consumer in list(out.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is out:
-                        consumer.inputs[i] = twin.outputs[0]
-            for i, t in enumerate(graph.outputs):
-                if t is out:
-                    graph.outputs[i] = twin.outputs[0]
+            replace_uses(graph, dq.outputs[0], twin.outputs[0])
             dq.outputs.clear()
             merged += 1
     return merged

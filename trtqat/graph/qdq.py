@@ -90,6 +90,18 @@ def consumer_map(graph: gs.Graph) -> dict[str, list[gs.Node]]:
     return out
 
 
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every node input and graph output that reads ``old`` read ``new`` instead (``old``'s producer is
+    then dead and goes with the next ``cleanup()``): the one rewiring step of every Q/DQ rewrite."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+    for i, t in enumerate(graph.outputs):
+        if t is old:
+            graph.outputs[i] = new
+
+
 def constant_value(tensor: gs.Tensor | None, *, through_identity: bool = False) -> np.ndarray | None:
     """The build-time constant value of ``tensor``, or None when it is computed at run time.
 
@@ -206,13 +218,7 @@ def merge_equal_scale_qs(graph: gs.Graph) -> dict[str, list[str]]:
             keep, rest = group[0], group[1:]
             for q in rest:
                 for out in q.outputs:
-                    for consumer in list(out.outputs):
-                        for i, t in enumerate(consumer.inputs):
-                            if t is out:
-                                consumer.inputs[i] = keep.outputs[0]
-                    for i, t in enumerate(graph.outputs):
-                        if t is out:
-                            graph.outputs[i] = keep.outputs[0]
+                    replace_uses(graph, out, keep.outputs[0])
                 q.outputs.clear()
             if rest:
                 merged[keep.name] = [q.name for q in rest]

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq import constant_value, is_dq, is_q, read_qparams
+from .qdq import constant_value, is_dq, is_q, read_qparams, replace_uses
 
 
 def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -38,10 +38,7 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
             if w is None:
                 continue  # a DQ of a run-time integer tensor: nothing to bypass
             replacement = gs.Constant(f"{y.name}_float", _dequantize(dq, w))
-        for consumer in list(y.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is y:
-                    consumer.inputs[i] = replacement
+        replace_uses(graph, y, replacement)
     graph.cleanup().toposort()
     return gs.export_onnx(graph, do_type_check=False)
 
