@@ -61,6 +61,8 @@ def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = N
             if name not in results and name not in errors and (out_dir / f"{name}.json").is_file():
                 results[name] = json.loads((out_dir / f"{name}.json").read_text())
     summary = build_summary(results, errors, cfg, time.perf_counter() - t0)
+    if only:
+        summary["measured_now"] = list(only)
     write_result("summary", summary, cfg, out_dir)
     if readme is not None:
         update_readme(readme, summary)
@@ -177,6 +179,10 @@ def table(summary: dict) -> str:
     lines.append(f"Measured on {m['processor']}, {m['cpu_usable']} usable CPU cores, torch {m['torch']}, "
                  f"pytorch-quantization {m['pytorch_quantization']}, device {m['device']}; "
                  f"1-min load average at the end {m['loadavg_1m']}; total {summary['seconds_total']:.0f} s.")
+    if summary.get("measured_now"):
+        lines.append(f"Partial run (`--only {' '.join(summary['measured_now'])}`): only those rows were measured "
+                     "now (the line above is theirs); every other row is the last committed result of its benchmark, "
+                     "with its own machine block in `benchmarks/results/<name>.json`.")
     if summary.get("errors"):
         lines.append("")
         lines.append("Failed benchmarks: " + "; ".join(f"{k}: {v}" for k, v in summary["errors"].items()))
