@@ -52,8 +52,8 @@ def export_float(ckpt: Path, repo: Path, save: Path, **kw) -> Path:
 def eval_models(yolo_checkpoint, calib_images, tmp_path_factory) -> EvalModels:
     import onnx
 
-    from trtqat.eval.raw_head import ANCHORS_KEY, raw_head_from_model
     from trtqat.models import load_checkpoint
+    from trtqat.models.detect_head import ANCHORS_KEY, raw_head_from_model
 
     before = _upstream()
     root = tmp_path_factory.mktemp("eval_models")

@@ -3,7 +3,7 @@ import onnx
 from click.testing import CliRunner
 
 from trtqat.cli import main
-from trtqat.eval.raw_head import raw_head_from_metadata
+from trtqat.models.detect_head import raw_head_from_metadata
 
 
 def test_raw_head_export_carries_anchors_and_strides(yolo_checkpoint, tmp_path):

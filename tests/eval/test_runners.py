@@ -7,10 +7,11 @@ import torch
 from conftest import SIZE
 
 from trtqat.errors import InputError
-from trtqat.eval.raw_head import RawHead, decode_raw, raw_head_from_metadata
+from trtqat.eval.raw_head import decode_raw
 from trtqat.eval.runners import open_runner, runner_format
 from trtqat.eval.runners.base import Runner
 from trtqat.eval.runners.onnx_runner import classify_outputs
+from trtqat.models.detect_head import RawHead, raw_head_from_metadata
 
 
 def batch(n=3, seed=0):

@@ -15,7 +15,6 @@ Steps (each explained in its module):
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-import torch
 
 from .. import __version__
 from .._io import atomic_path
@@ -38,6 +36,7 @@ from ..graph.cleanup import (
 )
 from ..graph.fp16 import Fp16Report, convert_to_fp16
 from ..models import LoadedModel, fuse_model, load_checkpoint, to_device
+from ..models.detect_head import raw_head_from_model
 from .checkpoint import require_quantized
 from .modes import quant_disabled
 from .onnx_trace import OPSET_MAX, OPSET_MIN, trace_onnx
@@ -195,15 +194,13 @@ def export_module(model, save: str | Path, config: ExportConfig, *, family: str 
 
 
 def _detect_head_metadata(model, config: ExportConfig) -> dict[str, str]:
-    """With ``--head raw``: the anchors (input pixels, per level) and strides a reader needs to decode the
-    boxes, in the format of :mod:`trtqat.eval.raw_head` (``trtqat eval`` reads them). Empty otherwise."""
+    """With ``--head raw``: the anchors and strides a reader needs to decode the boxes
+    (:mod:`trtqat.models.detect_head`; ``trtqat eval`` reads them). Empty otherwise."""
     layers = getattr(model, "model", None)
     head = layers[-1] if layers is not None and len(layers) else None
     if config.head != "raw" or head is None or getattr(head, "stride", None) is None:
         return {}
-    strides = torch.as_tensor(head.stride).float().flatten()
-    anchors = torch.as_tensor(head.anchors).float().reshape(len(strides), -1, 2) * strides.view(-1, 1, 1)
-    return {"anchors": json.dumps(anchors.tolist()), "strides": json.dumps(strides.tolist())}
+    return raw_head_from_model(model).to_metadata()
 
 
 def _add_metadata(model: onnx.ModelProto, *, family: str, kind: str, config: ExportConfig,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..raw_head import RawHead, decode_raw, raw_head_from_metadata
+from ...models.detect_head import RawHead, raw_head_from_metadata
+from ..raw_head import decode_raw
 from .base import Runner, missing_file
 
 log = logging.getLogger(__name__)
