@@ -112,7 +112,7 @@ def test_all_scores_half_fail(exported, case, monkeypatch):
 
 
 def test_corrupted_export_exits_1_naming_the_part(ptq_checkpoint, tmp_path, monkeypatch):
-    from conftest import run_cli
+    from export_helpers import run_cli
 
     monkeypatch.setattr(verify, "ort_session", corrupting(verify.ort_session, "reverse", decoded=True))
     ckpt, repo = ptq_checkpoint("yolov5")
