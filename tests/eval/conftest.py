@@ -7,27 +7,20 @@ top-level ``models``).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from upstream_modules import restore, upstream_modules
 
 SIZE = 160
-_UPSTREAM = ("models", "utils")
-
-
-def _upstream() -> dict:
-    return {k: v for k, v in sys.modules.items() if k.split(".")[0] in _UPSTREAM}
 
 
 @pytest.fixture(autouse=True)
 def restore_upstream_modules():
-    before = _upstream()
+    before = upstream_modules()
     yield
-    for k in list(_upstream()):
-        del sys.modules[k]
-    sys.modules.update(before)
+    restore(before)
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ def eval_models(yolo_checkpoint, calib_images, tmp_path_factory) -> EvalModels:
     from trtqat.models import load_checkpoint
     from trtqat.models.detect_head import ANCHORS_KEY, raw_head_from_model
 
-    before = _upstream()
+    before = upstream_modules()
     root = tmp_path_factory.mktemp("eval_models")
     ckpt, repo = yolo_checkpoint("yolov5")
     dynamic = export_float(ckpt, repo, root / "dynamic.onnx", dynamic=True)
@@ -76,8 +69,6 @@ def eval_models(yolo_checkpoint, calib_images, tmp_path_factory) -> EvalModels:
         for k, v in raw_head_from_model(load_checkpoint(ckpt, repo).model).to_metadata().items():
             model.metadata_props.add(key=k, value=v)
         onnx.save(model, str(raw))
-    for k in list(_upstream()):
-        del sys.modules[k]
-    sys.modules.update(before)
+    restore(before)
     return EvalModels(ckpt=ckpt, repo=repo, onnx_dynamic=dynamic, onnx_static1=static1, onnx_raw=raw,
                       onnx_raw_bare=bare, val=calib_images)

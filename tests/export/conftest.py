@@ -14,7 +14,8 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_helpers import SIZE, restore, run_cli, upstream_modules
+from export_helpers import SIZE, run_cli
+from upstream_modules import restore, upstream_modules
 
 
 @pytest.fixture(autouse=True)

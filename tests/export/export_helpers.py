@@ -1,27 +1,10 @@
 """Helpers shared by the export tests (imported by path: test folders are not packages)."""
 from __future__ import annotations
 
-import sys
-
 from click.testing import CliRunner
 
 #: input size of the export tests (stride 32; small to keep the area fast)
 SIZE = 160
-_UPSTREAM = ("models", "utils")
-
-
-def upstream_modules() -> dict:
-    """The imported top-level ``models``/``utils`` modules (a fake upstream repo's)."""
-    return {k: v for k, v in sys.modules.items() if k.split(".")[0] in _UPSTREAM}
-
-
-def restore(before: dict) -> None:
-    """Put the upstream modules back as they were (the two fake repos both provide ``models``)."""
-    for k in list(upstream_modules()):
-        del sys.modules[k]
-    sys.modules.update(before)
-
-
 def corrupting(session_factory, kind: str, *, decoded: bool):
     """Wrap ``verify.ort_session`` so every output onnxruntime returns is corrupted like a broken export:
     ``reverse`` reverses the class scores of every row, ``shuffle`` permutes objectness across rows,

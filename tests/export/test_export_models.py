@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import SIZE, run_cli
+from export_helpers import SIZE, run_cli
 from onnx import numpy_helper
 
 NC, NA = 80, 3

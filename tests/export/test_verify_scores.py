@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from export_helpers import SIZE, corrupting, restore, upstream_modules
+from export_helpers import SIZE, corrupting
+from upstream_modules import restore, upstream_modules
 
 from trtqat.quant import verify
 

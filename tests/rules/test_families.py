@@ -14,22 +14,16 @@ import textwrap
 
 import pytest
 from click.testing import CliRunner
+from upstream_modules import restore, upstream_modules
 
 SIZE = 64
-_UPSTREAM = ("models", "utils")
-
-
-def _upstream() -> dict:
-    return {k: v for k, v in sys.modules.items() if k.split(".")[0] in _UPSTREAM}
 
 
 @pytest.fixture(autouse=True)
 def restore_upstream_modules():
-    before = _upstream()
+    before = upstream_modules()
     yield
-    for k in list(_upstream()):
-        del sys.modules[k]
-    sys.modules.update(before)
+    restore(before)
 
 
 def _cli(*args):
@@ -46,12 +40,10 @@ def rules_json(yolo_checkpoint):
 
     def get(family):
         if family not in cache:
-            before = _upstream()
+            before = upstream_modules()
             ckpt, repo = yolo_checkpoint(family)
             out = _cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout
-            for k in list(_upstream()):
-                del sys.modules[k]
-            sys.modules.update(before)
+            restore(before)
             cache[family] = json.loads(out)
         return cache[family]
 
@@ -66,14 +58,12 @@ def ptq(yolo_checkpoint, calib_images, tmp_path_factory):
 
     def get(family):
         if family not in cache:
-            before = _upstream()
+            before = upstream_modules()
             ckpt, repo = yolo_checkpoint(family)
             out = root / f"{family}_ptq.pt"
             _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
                  "--calib-batches", 1, "--calib-method", "max", "--ptq", out, "--json")
-            for k in list(_upstream()):
-                del sys.modules[k]
-            sys.modules.update(before)
+            restore(before)
             cache[family] = (out, repo)
         return cache[family]
 
