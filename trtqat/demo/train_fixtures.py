@@ -52,31 +52,28 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0: only at the end
 
 
-def load_training_set(images_dir: Path, size: int, progress=None):
-    """Letterbox every training image once (uint8, N x 3 x size x size) and map its YOLO labels to input
-    pixels ``class, cx, cy, w, h``."""
+def load_training_set(images_dir: Path, size: int):
+    """Letterbox every training image once (uint8, N x 3 x size x size) and map its YOLO labels
+    (:func:`trtqat.eval.labels.read_yolo_labels`) to input pixels ``class, cx, cy, w, h``."""
     import torch
 
     from ..data.images import find_images, letterbox, read_rgb
+    from ..eval.labels import label_path, read_yolo_labels
 
     files = find_images(images_dir)
     pixels = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     labels = []
     for i, path in enumerate(files):
-        img = read_rgb(path)
-        boxed, lb = letterbox(img, size)
+        boxed, lb = letterbox(read_rgb(path), size)
         pixels[i] = torch.from_numpy(boxed).permute(2, 0, 1)
         h, w = lb.shape
-        rows = np.loadtxt(path.parent.parent.parent / "labels" / path.parent.name / f"{path.stem}.txt",
-                          ndmin=2, dtype=np.float32).reshape(-1, 5)
-        out = rows.copy()
+        rows = np.array(read_yolo_labels(label_path(path)), dtype=np.float32).reshape(-1, 5)
+        out = rows.copy()  # (the committed fixtures were trained with exactly this float32 arithmetic)
         out[:, 1] = rows[:, 1] * w * lb.ratio + lb.pad[0]
         out[:, 2] = rows[:, 2] * h * lb.ratio + lb.pad[1]
         out[:, 3] = rows[:, 3] * w * lb.ratio
         out[:, 4] = rows[:, 4] * h * lb.ratio
         labels.append(torch.from_numpy(out))
-        if progress and i % 200 == 0:
-            progress(i)
     return pixels, labels
 
 
