@@ -269,15 +269,24 @@ def ranks_fail_together(env: DistEnv) -> Iterator[None]:
         return
     init_process_group(env)
     try:
-        yield
-    except RankFailure:
-        raise
-    except Exception as exc:
-        if _lost_contact(exc):
-            raise _lost(env, exc) from exc
-        sync(env, exc)
-        raise
-    sync(env)
+        try:
+            yield
+        except RankFailure:
+            raise
+        except Exception as exc:
+            if _lost_contact(exc):
+                raise _lost(env, exc) from exc
+            sync(env, exc)
+            raise
+        sync(env)
+    finally:
+        # tear the group down before the interpreter does: a gloo group still alive at exit, whose peer
+        # has already closed its sockets, can abort the process (SIGABRT instead of the exit code; seen
+        # once in the bad-image-folder fault test under load)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
