@@ -280,11 +280,22 @@ def _q_reason(ir: QdqIr, q: IrNode, by_end: dict[str, Group]) -> tuple[str | Non
     return "LINT007", f"its producer {g.name} ({g.root.op}) runs in float: {g.why_float}"
 
 
-def _from_network_input(ir: QdqIr, node: IrNode) -> bool:
-    """A data-movement op (Pad, Transpose, ...) reading only network inputs: its output is still "the input"."""
+def _from_network_input(ir: QdqIr, node: IrNode, depth: int = 8) -> bool:
+    """Data movement (Pad, Transpose, ...) or a type Cast reading only network inputs, possibly through a
+    chain of such ops: its output is still "the input". A Q there costs the same Reformat as a Q on the
+    input itself (ModelOpt's FP16 ONNX PTQ casts the FP32 input to FP16 before the first Quantize), so lint
+    reports it as the expected network-input Quantize, not as a float producer."""
     idx = ir.data_inputs(node)
-    return (not node.beh.compute and node.beh.commuting and bool(idx)
-            and all(node.inputs[i] in ir.inputs for i in idx))
+    if node.beh.compute or not (node.beh.commuting or node.op == "Cast") or not idx or depth == 0:
+        return False
+    for i in idx:
+        x = node.inputs[i]
+        if x in ir.inputs:
+            continue
+        prod = ir.prod(x)
+        if prod is None or not _from_network_input(ir, prod, depth - 1):
+            return False
+    return True
 
 
 def _dq_reason(ir: QdqIr, d: IrNode, owner: dict[int, Group]) -> tuple[str | None, str]:
