@@ -31,7 +31,8 @@ def free_port() -> int:
 
 def base_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    env.update({"OMP_NUM_THREADS": "1", "TRTQAT_DIST_TIMEOUT": "60", "PYTHONUNBUFFERED": "1"})
+    # PYTHONFAULTHANDLER: a rank that aborts in C++ (SIGABRT) prints every thread's Python stack first
+    env.update({"OMP_NUM_THREADS": "1", "TRTQAT_DIST_TIMEOUT": "60", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -75,6 +76,12 @@ def torchrun(args: list[str], nproc: int = 2, **extra) -> subprocess.Popen:
            *map(str, args)]
     return subprocess.Popen(cmd, cwd=ROOT, env=base_env(**extra), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
+
+
+def gloo_abort(stderr: str) -> bool:
+    """True when a rank died of SIGABRT from C++ ``std::terminate`` (torch's gloo backend on CPU, not trtqat):
+    torchrun reports ``exitcode: -6`` and the rank printed ``terminate called``."""
+    return "terminate called" in stderr and "exitcode: -6" in stderr
 
 
 def worker(mode: str, spec: dict) -> list[str]:

@@ -95,10 +95,16 @@ def test_torchrun_resume_after_a_rank_is_killed_mid_epoch(yolo_checkpoint, calib
     epoch = torch.load(state, weights_only=False)["epoch"]
     assert epoch in (0, 1)  # killed during epoch 1 (or, on a very slow machine, 2)
     assert leftovers(tmp_path) == []
-    job = launch.torchrun(["-m", "trtqat", *quantize_args(ckpt, repo, calib_images, tmp_path, "--qat", tmp_path / "qat.pt",
-                                                           "--train", calib_images, "--epochs", 3, "--iters", 6,
-                                                           "--resume", "--json")])
+    resume = ["-m", "trtqat", *quantize_args(ckpt, repo, calib_images, tmp_path, "--qat", tmp_path / "qat.pt",
+                                              "--train", calib_images, "--epochs", 3, "--iters", 6, "--resume", "--json")]
+    job = launch.torchrun(resume)
     out, err = job.communicate(timeout=300)
+    if job.returncode != 0 and launch.gloo_abort(err):  # torch's gloo aborted a rank (seen twice in CI, never reproduced): the user's
+        # remedy is another --resume, which must then finish from the last complete epoch
+        print(f"gloo aborted a rank during the resumed run; resuming again:\n{err[-3000:]}")
+        epoch = torch.load(state, weights_only=False)["epoch"]
+        job = launch.torchrun(resume)
+        out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err[-3000:]
     summary = json.loads(out)  # one JSON document: rank 0 reports
     assert summary["qat"]["resumed_from"] == epoch + 1
