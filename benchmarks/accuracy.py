@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import Config, Workspace, log
+from .common import Config, Workspace, carried_over, chosen_families, log
 
 FAMILIES = ("yolov5", "yolov7")
 METHODS = ("mse", "entropy", "percentile", "max")
@@ -55,7 +55,8 @@ def settings(cfg: Config) -> dict:
 def run(ws: Workspace, cfg: Config) -> dict:
     s = settings(cfg)
     families, failed = {}, {}
-    for family in FAMILIES:
+    chosen = chosen_families(FAMILIES)
+    for family in chosen:
         with tempfile.TemporaryDirectory(prefix=f"trtqat-acc-{family}-") as tmp:
             out = Path(tmp) / "result.json"
             cmd = [sys.executable, "-m", "benchmarks.accuracy", "--family", family, "--out", str(out),
@@ -68,6 +69,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
             families[family] = json.loads(out.read_text())
     if not families:
         raise RuntimeError(f"accuracy failed for every family: {failed}")
+    families = {**carried_over("accuracy", set(FAMILIES) - set(chosen)), **families}
     return {"settings": s, "families": families, "failed_families": failed, **headline(families), "targets": TARGETS}
 
 

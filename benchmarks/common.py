@@ -162,5 +162,24 @@ def write_result(name: str, payload: dict, cfg: Config, out_dir: Path = RESULTS_
     return path
 
 
+def chosen_families(all_families: tuple[str, ...]) -> list[str]:
+    """The families a per-family benchmark measures now: ``TRTQAT_BENCH_FAMILIES`` (comma-separated), else all.
+
+    Why: one family's fixture can change (a retrained detector) without re-running hours of the other's."""
+    chosen = [f for f in os.environ.get("TRTQAT_BENCH_FAMILIES", ",".join(all_families)).split(",") if f]
+    unknown = sorted(set(chosen) - set(all_families))
+    if unknown:
+        raise ValueError(f"TRTQAT_BENCH_FAMILIES names unknown families {unknown}; choose from {all_families}")
+    return chosen
+
+
+def carried_over(name: str, families: set[str]) -> dict:
+    """The committed per-family results of benchmark ``name`` for ``families`` (not measured in this run),
+    each marked ``carried_over``, so a partial run keeps, and says it keeps, their last measurement."""
+    path = RESULTS_DIR / f"{name}.json"
+    old = json.loads(path.read_text()).get("families", {}) if path.is_file() and families else {}
+    return {f: {**old[f], "carried_over": True} for f in sorted(families) if f in old}
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ shapes val split) and on the random-weight fixture otherwise (no mAP):
 Reported: standalone Q/DQ and INT8 MAC share (``trtqat lint``), wall time of each step, mAP@0.5:0.95
 (``trtqat eval``). Runs only where ``nvidia-modelopt[onnx]`` can be run: the current Python, or the one
 named by ``TRTQAT_MODELOPT_PYTHON`` (ModelOpt pins its own torch and onnx; a separate venv keeps them
-apart). Otherwise the result records that it was skipped and why. ``TRTQAT_PEERS_FAMILIES=yolov5`` measures
+apart). Otherwise the result records that it was skipped and why. ``TRTQAT_BENCH_FAMILIES=yolov5`` measures
 one family and carries the other's committed rows over (marked ``carried_over``).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Config, Workspace, log
+from .common import Config, Workspace, carried_over, chosen_families, log
 
 FAMILIES = ("yolov5", "yolov7")
 
@@ -142,19 +142,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
         log(note)
         return {"skipped": note}
     proc = subprocess.run([py, "-c", "import modelopt; print(modelopt.__version__)"], capture_output=True, text=True)
-    chosen = [f for f in os.environ.get("TRTQAT_PEERS_FAMILIES", ",".join(FAMILIES)).split(",") if f]
-    unknown = sorted(set(chosen) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"TRTQAT_PEERS_FAMILIES names unknown families {unknown}; choose from {FAMILIES}")
+    chosen = chosen_families(FAMILIES)
     families = {f: run_family(py, ws, cfg, f) for f in chosen}
-    return {"modelopt_version": proc.stdout.strip(), "families": {**_committed(set(FAMILIES) - set(chosen)), **families}}
-
-
-def _committed(families: set[str]) -> dict:
-    """The committed rows of ``families`` (not measured in this run: ``TRTQAT_PEERS_FAMILIES``), each marked
-    with ``carried_over`` so a partial run keeps, and says it keeps, the other family's last measurement."""
-    from .common import RESULTS_DIR
-
-    path = RESULTS_DIR / "peers.json"
-    old = json.loads(path.read_text()).get("families", {}) if path.is_file() and families else {}
-    return {f: {**old[f], "carried_over": True} for f in sorted(families) if f in old}
+    return {"modelopt_version": proc.stdout.strip(),
+            "families": {**carried_over("peers", set(FAMILIES) - set(chosen)), **families}}
