@@ -99,8 +99,9 @@ def test_torchrun_resume_after_a_rank_is_killed_mid_epoch(yolo_checkpoint, calib
                                               "--train", calib_images, "--epochs", 3, "--iters", 6, "--resume", "--json")]
     job = launch.torchrun(resume)
     out, err = job.communicate(timeout=300)
-    if job.returncode != 0 and launch.gloo_abort(err):  # torch's gloo aborted a rank (seen twice in CI, never reproduced): the user's
-        # remedy is another --resume, which must then finish from the last complete epoch
+    if job.returncode != 0 and launch.gloo_abort(err):
+        # torch's gloo aborted a rank (seen twice in CI, never reproduced): the user's remedy is another
+        # --resume, which must then finish from the last complete epoch
         print(f"gloo aborted a rank during the resumed run; resuming again:\n{err[-3000:]}")
         epoch = torch.load(state, weights_only=False)["epoch"]
         job = launch.torchrun(resume)
