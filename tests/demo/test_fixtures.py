@@ -13,6 +13,9 @@ import pytest
 
 from trtqat.demo import fixtures
 
+#: the 1/8-width test fixtures stay below these parameter counts (the test prints the measured ones)
+PARAMS_MAX = {"yolov5": 600_000, "yolov7": 800_000}  # 0.50 M and 0.65 M; yolov5n is 1.9 M
+
 N_640 = 3 * (80 * 80 + 40 * 40 + 20 * 20)
 
 # Loads one checkpoint and reports facts about it as JSON (argv: ckpt, repo, key or "", "full"/"light").
@@ -68,6 +71,7 @@ out["fused_bn_left"] = sum(type(m).__name__ == "BatchNorm2d" for m in fused.modu
 out["fused_repconv"] = [hasattr(m, "rbr_reparam") and not hasattr(m, "rbr_dense")
                         for m in fused.modules() if type(m).__name__ == "RepConv"]
 out["seconds_640"] = min(times)
+out["params"] = sum(p.numel() for p in model.parameters())
 print("PROBE" + json.dumps(out))
 """
 
@@ -148,11 +152,13 @@ def test_fuse_preserves_outputs(probed):
         assert facts["fused_repconv"] == [True, True, True]
 
 
-def test_forward_at_640_is_fast(probed):
+def test_fixture_is_small_enough_for_fast_tests(probed):
+    """The 1/8-width fixtures keep the suite fast on 2 cores: asserted by size, not by a timing (the forward
+    time is printed only; a busy machine must not fail a test)."""
     family, facts = probed
     print(f"{family}: fuse rel diff raw {facts['raw_rel_diff']:.1e} decoded {facts['decoded_rel_diff']:.1e}")
-    print(f"{family}: 640x640 CPU forward {facts['seconds_640'] * 1000:.0f} ms")
-    assert facts["seconds_640"] < 3.0
+    print(f"{family}: {facts['params']} parameters, 640x640 CPU forward {facts['seconds_640'] * 1000:.0f} ms")
+    assert facts["params"] < PARAMS_MAX[family]
 
 
 @pytest.mark.parametrize("family,form,key", [
