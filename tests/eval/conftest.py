@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from eval_sizes import SIZE
 from upstream_modules import restore, upstream_modules
-
-SIZE = 160
 
 
 @pytest.fixture(autouse=True)

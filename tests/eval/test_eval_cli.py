@@ -5,7 +5,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import SIZE
+from eval_sizes import SIZE
 
 from trtqat._deps import available
 from trtqat.cli import main

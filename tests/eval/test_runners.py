@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE
+from eval_sizes import SIZE
 
 from trtqat.errors import InputError
 from trtqat.eval.raw_head import decode_raw
