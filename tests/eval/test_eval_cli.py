@@ -133,6 +133,15 @@ def test_quantize_checks_pycocotools_before_calibrating(monkeypatch, tmp_path, e
     assert not ptq.exists() and "calibrating" not in res.output
 
 
+def test_sensitive_checks_pycocotools_before_calibrating(monkeypatch, tmp_path, eval_models):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    res = run("sensitive", eval_models.ckpt, "--repo", eval_models.repo, "--calib", eval_models.val, "--size", SIZE,
+              "--val", eval_models.val, "--summary", tmp_path / "s.json")
+    assert res.exit_code == 2, res.output
+    assert "'pycocotools' is required for ranking layers by mAP on a labelled --val" in res.output
+    assert not (tmp_path / "s.json").exists() and "calibrating" not in res.output
+
+
 def test_ptq_checkpoint_runs_fake_quant_like_its_qdq_onnx(eval_models, tmp_path):
     from trtqat.quant.export import ExportConfig, export_model
     from trtqat.quant.ptq import CalibConfig, QuantConfig, run_ptq

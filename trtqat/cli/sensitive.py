@@ -59,6 +59,13 @@ def sensitive(ckpt: Path, repo, val_dir, val_ann, val_images, mode, top_k, summa
         raise UsageError(f"--top-k must be >= 0, got {top_k}")
     if plot_path is not None and Path(plot_path).suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_path}: only .png is written")
+    if val_dir is not None:  # labelled --val ranks by COCO mAP: a missing pycocotools must fail before calibration
+        from .._deps import require
+        from ..data.images import find_images
+        from ..eval.labels import has_yolo_labels
+
+        if val_ann is not None or has_yolo_labels(find_images(val_dir)):
+            require("pycocotools", purpose="ranking layers by mAP on a labelled --val")
 
     from ..eval.evaluate import EvalConfig, eval_set
     from ..quant.ptq import QuantConfig, run_ptq
