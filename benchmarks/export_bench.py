@@ -30,9 +30,13 @@ def _family(ws: Workspace, cfg: Config, family: str, tmp: Path) -> dict:
     checks = res.verification.to_dict()["checks"] if res.verification else []
     return {"seconds": res.seconds, "qdq": res.qdq, "passed": bool(res.verification and res.verification.passed),
             "bytes": (tmp / f"{family}.onnx").stat().st_size,
-            "checks": [{k: c[k] for k in ("graph", "batch", "output", "cosine", "max_abs", "ref_max",
+            "checks": [{k: c[k] for k in ("graph", "batch", "output", "part", "cosine", "max_abs", "ref_max",
                                           "min_cosine", "limit_max_abs", "passed")} for c in checks],
-            "worst_cosine": min((c["cosine"] for c in checks), default=None),
+            # the field "cosine" holds each part's own measure: a cosine for boxes (or a whole raw output), a
+            # correlation for objectness and classes, an agreement share for the top class; report each apart
+            "worst_cosine": min((c["cosine"] for c in checks if c["part"] in ("boxes", "all")), default=None),
+            "worst_by_part": {part: min(c["cosine"] for c in checks if c["part"] == part)
+                              for part in dict.fromkeys(c["part"] for c in checks)},
             "worst_max_abs": max((c["max_abs"] for c in checks), default=None)}
 
 

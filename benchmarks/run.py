@@ -169,7 +169,7 @@ def table(summary: dict) -> str:
                      ""))
     for fam in ("yolov5", "yolov7"):
         e = d["export"][fam]
-        rows.append((f"export {fam}: seconds, ORT verification passed, worst cosine",
+        rows.append((f"export {fam} (random-weight fixture): seconds, ORT verification passed, worst box cosine",
                      f"{_fmt(e['seconds'], 1)}, {_fmt(e['passed'])}, {_fmt(e['worst_cosine'], 5)}", ""))
     rows += peers_rows(d.get("peers"))
     rows += accuracy_rows(summary.get("accuracy"))
