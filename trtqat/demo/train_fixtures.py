@@ -30,8 +30,8 @@ import numpy as np
 
 FAMILY_WIDTH = {"yolov5": 0.25, "yolov7": 0.25}
 #: the committed fixtures' recipes (``make fixtures``); steps of ``batch_size`` images, one CPU thread each
-RECIPES = {"yolov5": {"steps": 2600, "batch_size": 8, "lr": 1.5e-3},
-           "yolov7": {"steps": 1900, "batch_size": 8, "lr": 1.5e-3}}
+RECIPES = {"yolov5": {"steps": 2600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 500},
+           "yolov7": {"steps": 5600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000}}
 #: the shapes dataset they are trained on (``trtqat.demo.shapes``); val is the held-out split
 DATASET = {"train": 4000, "val": 300, "seed": 0}
 
@@ -271,7 +271,7 @@ def make_all(build: Path, out_dir: Path, log=print) -> None:
         repo = fixtures.write_repo(family, build / "repos" / family)
         args = [sys.executable, "-m", "trtqat.demo.train_fixtures", "--family", family, "--data", str(data),
                 "--repo", str(repo), "--out", str(out_dir / f"{family}_shapes.pt"), "--threads", "1",
-                "--eval-every", "500", *[f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]]
+                *[f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]]
         log(f"[fixtures] $ {' '.join(args[1:])}")
         procs.append((family, subprocess.Popen(args)))
     failed = [family for family, proc in procs if proc.wait() != 0]
