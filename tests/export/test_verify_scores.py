@@ -166,13 +166,19 @@ TOP_CONF = 0.5
 CONF_TOL = 0.05
 
 
-def _matched(a, b, *, min_conf: float, conf_tol: float = CONF_TOL, min_iou: float = 0.9) -> list[str]:
-    """Detections of ``a`` (x1, y1, x2, y2, conf, class) with confidence >= ``min_conf`` that have no
-    detection of ``b`` of the same class at IoU >= 0.9 and confidence within ``CONF_TOL`` (one to one)."""
+def _class_iou(a, b) -> np.ndarray | None:
+    """IoU of every detection of ``a`` with every one of ``b`` (x1, y1, x2, y2, conf, class), 0 across
+    classes; None when either is empty."""
     from trtqat.eval.boxes import box_iou
 
+    return (box_iou(a[:, :4], b[:, :4]) * (a[:, 5:6] == b[:, 5][None])).numpy() if len(a) and len(b) else None
+
+
+def _matched(a, b, *, min_conf: float, conf_tol: float = CONF_TOL, min_iou: float = 0.9) -> list[str]:
+    """Detections of ``a`` with confidence >= ``min_conf`` that have no detection of ``b`` of the same class
+    at IoU >= ``min_iou`` and confidence within ``conf_tol`` (one to one)."""
     missing, free = [], np.ones(len(b), dtype=bool)
-    iou = (box_iou(a[:, :4], b[:, :4]) * (a[:, 5:6] == b[:, 5][None])).numpy() if len(a) and len(b) else None
+    iou = _class_iou(a, b)
     for i in range(len(a)):
         if float(a[i, 4]) < min_conf:
             continue
@@ -232,11 +238,9 @@ def test_trained_export_gives_identical_top_detections(exported, family):
 def _shift(a, b) -> tuple[float, float]:
     """How far detections of ``a`` (>= TOP_CONF) move to their best same-class twin in ``b``: the largest
     confidence change and the smallest IoU (twins at IoU >= 0.5 only; (0, 1) when there are none)."""
-    from trtqat.eval.boxes import box_iou
-
-    if not len(a) or not len(b):
+    iou = _class_iou(a, b)
+    if iou is None:
         return 0.0, 1.0
-    iou = (box_iou(a[:, :4], b[:, :4]) * (a[:, 5:6] == b[:, 5][None])).numpy()
     pairs = [(abs(float(a[i, 4]) - float(b[int(np.argmax(iou[i])), 4])), float(iou[i].max())) for i in range(len(a))
              if float(a[i, 4]) >= TOP_CONF and iou[i].max() >= 0.5]
     return max((c for c, _ in pairs), default=0.0), min((u for _, u in pairs), default=1.0)
