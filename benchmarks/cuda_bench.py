@@ -134,7 +134,7 @@ def ptq(ws: Workspace, cfg: Config) -> dict:
 def qat_step(ws: Workspace, cfg: Config) -> dict:
     from trtqat.models import set_memory_format, to_device
     from trtqat.quant.modes import qat_mode, quant_disabled
-    from trtqat.quant.qat import _layers, _prepare, _step, supervision_layers
+    from trtqat.quant.qat import _step, prepare_distillation
 
     from .qat_step import calibrated_model
     from .reference_flow import ReferenceDistiller, reference_teacher
@@ -152,18 +152,15 @@ def qat_step(ws: Workspace, cfg: Config) -> dict:
         for name, (amp, cl) in variants.items():
             student, teacher = copy.deepcopy(model), copy.deepcopy(model)
             stack.enter_context(quant_disabled(teacher))
-            layers, params = _prepare(student, teacher)
-            sup = supervision_layers(len(layers))
-            s_layers, t_layers = [layers[i] for i in sup], [_layers(teacher)[i] for i in sup]
+            distil = prepare_distillation(student, teacher)
             fmt = torch.channels_last if cl else torch.contiguous_format
             set_memory_format(student, fmt), set_memory_format(teacher, fmt)
             stack.enter_context(qat_mode(student))
-            opt = torch.optim.Adam(params, lr=1e-5)
+            opt = torch.optim.Adam(distil.params, lr=1e-5)
             scaler = torch.amp.GradScaler("cuda", enabled=amp)
             xi = x.contiguous(memory_format=fmt)
-            fns[name] = _sync_timed((lambda s, t, sl, tl, o, sc, a, p, xx:
-                                     lambda: _step(s, t, sl, tl, xx, o, sc, a, None, p))(
-                student, teacher, s_layers, t_layers, opt, scaler, amp, params, xi))
+            fns[name] = _sync_timed((lambda s, t, d, o, sc, a, xx: lambda: _step(s, t, d, xx, o, sc, a, None))(
+                student, teacher, distil, opt, scaler, amp, xi))
         for fn in fns.values():
             for _ in range(3):
                 fn()

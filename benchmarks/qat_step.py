@@ -68,15 +68,13 @@ class TrtqatStudent:
 
     def __init__(self, model, teacher, levers: tuple, stack: contextlib.ExitStack):
         from trtqat.quant.modes import qat_mode
-        from trtqat.quant.qat import _layers, _prepare, supervision_layers
+        from trtqat.quant.qat import prepare_distillation
 
         self.levers = levers
         self.student = copy.deepcopy(model)
         self.teacher = teacher
-        layers, self.params = _prepare(self.student, teacher)
-        sup = supervision_layers(len(layers))
-        self.s_layers = [layers[i] for i in sup]
-        self.t_layers = [_layers(teacher)[i] for i in sup]
+        self.distil = prepare_distillation(self.student, teacher)
+        self.params = self.distil.params
         if "cl" in levers:
             set_memory_format(self.student, torch.channels_last)
         stack.enter_context(qat_mode(self.student))
@@ -84,24 +82,23 @@ class TrtqatStudent:
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def step(self, x: torch.Tensor, phases: dict | None = None) -> float:
-        from trtqat.quant.qat import _step, capture_outputs, distillation_loss
+        from trtqat.quant.qat import _step, capture_outputs
 
         if "cl" in self.levers:
             x = x.contiguous(memory_format=torch.channels_last)
         with fused_fake_quant("fb" in self.levers):
             if not self.levers and phases is None:
-                return _step(self.student, self.teacher, self.s_layers, self.t_layers, x, self.optimizer,
-                             self.scaler, False, None, self.params)
+                return _step(self.student, self.teacher, self.distil, x, self.optimizer, self.scaler, False, None)
             t0 = time.perf_counter()
             grad_off = torch.inference_mode() if "inference" in self.levers else torch.no_grad()
-            with grad_off, capture_outputs(self.t_layers) as t_out:
+            with grad_off, capture_outputs(self.distil.teacher) as t_out:
                 self.teacher(x)
             if "inference" in self.levers:  # inference tensors cannot be saved for backward: copy out
                 t_out = [o.clone() if isinstance(o, torch.Tensor) else o for o in t_out]
             t1 = time.perf_counter()
-            with capture_outputs(self.s_layers) as s_out:
+            with capture_outputs(self.distil.student) as s_out:
                 self.student(x)
-            loss = distillation_loss(s_out, t_out)
+            loss = self.distil.loss(s_out, t_out)
             t2 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
