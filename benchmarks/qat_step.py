@@ -82,7 +82,7 @@ class TrtqatStudent:
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def step(self, x: torch.Tensor, phases: dict | None = None) -> float:
-        from trtqat.quant.qat import _step, capture_outputs
+        from trtqat.quant.qat import _step, capture_outputs, distillation_loss
 
         if "cl" in self.levers:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -98,7 +98,7 @@ class TrtqatStudent:
             t1 = time.perf_counter()
             with capture_outputs(self.distil.student) as s_out:
                 self.student(x)
-            loss = self.distil.loss(s_out, t_out)
+            loss = distillation_loss(s_out, t_out)
             t2 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -234,9 +234,6 @@ class Distillation:
     teacher: list
     params: list
 
-    def loss(self, student_out: Sequence, teacher_out: Sequence) -> torch.Tensor:
-        return distillation_loss(student_out, teacher_out)
-
 
 def prepare_distillation(student, teacher, stride: int = 1) -> Distillation:
     """Freeze the teacher and the student's detect head; supervise every ``stride``-th layer before the head."""
@@ -420,7 +417,7 @@ def _loss(forward, teacher, distil: Distillation, x, amp) -> torch.Tensor:
             teacher(x)
         with capture_outputs(distil.student) as s_out:
             forward(x)
-        return distil.loss(s_out, t_out)
+        return distillation_loss(s_out, t_out)
 
 
 def _update(loss, optimizer, scaler, clip, params) -> float:
