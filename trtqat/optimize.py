@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calib.amax import METHODS, histogram_amax
+from .calib.amax import METHODS, balanced_mse_amax, histogram_amax
 from .errors import InputError, UsageError, VerificationError
 from .graph.family_detect import family_from_graph
 from .graph.insert_qdq import Insertion, apply_insertions, plan_insertions
@@ -153,21 +153,25 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
 
 def _calibrate(graph: gs.Graph, sets, batches: Iterable[np.ndarray], cfg: OptimizeConfig,
                progress: Callable[[int], None] | None) -> dict[int, float]:
-    """Group index -> amax from merged histograms of the float twin's activations."""
+    """Group index -> amax from the float twin's activations.
+
+    MSE (the default) searches one amax over every member's own histogram (:func:`balanced_mse_amax`);
+    the other methods read one histogram merged across the group, as a shared torch quantizer collects."""
     from .calib.ort_collect import collect_histograms
     from .graph.strip_qdq import float_twin
 
     twin = float_twin(gs.export_onnx(graph.copy(), do_type_check=False))
     tensors = group_tensors(graph, sets)
-    hists = collect_histograms(twin, tensors, batches, progress=progress)
-    amax = {}
-    for k, h in hists.items():
-        counts, edges = h.histogram()
-        value = h.max_seen if cfg.method == "max" else histogram_amax(cfg.method, counts, edges,
-                                                                      percentile=cfg.percentile)
-        if value is not None and value > 0:
-            amax[k] = float(value)
-    return amax
+    if cfg.method == "mse":
+        hists = collect_histograms(twin, {(k, j): [t] for k, ts in tensors.items() for j, t in enumerate(ts)},
+                                   batches, progress=progress)
+        found = {k: balanced_mse_amax([hists[k, j].histogram() for j in range(len(ts))]) for k, ts in tensors.items()}
+    else:
+        hists = collect_histograms(twin, tensors, batches, progress=progress)
+        found = {k: h.max_seen if cfg.method == "max" else histogram_amax(cfg.method, *h.histogram(),
+                                                                          percentile=cfg.percentile)
+                 for k, h in hists.items()}
+    return {k: float(v) for k, v in found.items() if v is not None and v > 0}
 
 
 def compare_outputs(before: onnx.ModelProto, after: onnx.ModelProto, batch: np.ndarray) -> dict[str, dict[str, float]]:

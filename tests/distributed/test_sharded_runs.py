@@ -17,7 +17,7 @@ def calibrated(yolo_checkpoint, calib_images, tmp_path_factory):
     ckpt, repo = yolo_checkpoint("yolov5")
     out = tmp_path_factory.mktemp("calib")
     spec = {"ckpt": ckpt, "repo": repo, "calib": calib_images, "size": SIZE, "batch": 2, "batches": None,
-            "out": out, "methods": ["percentile", "max"]}
+            "out": out, "methods": ["percentile", "max", "mse"]}
     procs = launch.start([launch.worker("calib", spec)] * 2) + [launch.single(launch.worker("calib", {**spec, "tag": "single"}))]
     for ran in launch.wait(procs):
         assert ran.returncode == 0, ran.stderr[-2000:]
@@ -40,11 +40,13 @@ def test_ranks_merge_to_the_single_process_histograms(calibrated):
         # values on a bin boundary may land one bin over (float rounding of x * bins / top), never further
         assert np.abs(np.cumsum(diff)).max() <= np.abs(diff).sum() // 2, name
     assert moved <= total * 1e-5, (moved, total)
+    # the shared quantizers' per-member histograms (balanced MSE amax) are merged like the others
+    assert r0["shared"] == single["shared"] > 0 and sum("@" in name for name in single["hist"]) >= 2 * single["shared"]
 
 
 def test_every_rank_loads_the_single_process_amax(calibrated):
     r0, r1, single = calibrated
-    for method in ("percentile", "max"):
+    for method in ("percentile", "max", "mse"):
         assert r0["amax"][method] == r1["amax"][method]  # bit-equal on every rank
         for name, value in single["amax"][method].items():
             width = float(single["hist"][name][1][1])  # one bin

@@ -18,6 +18,7 @@ def calib(spec: dict) -> dict:
     from trtqat.models import load_checkpoint
     from trtqat.quant.calibrate import collect_statistics, compute_amax
     from trtqat.quant.distributed import dist_env, init_process_group
+    from trtqat.quant.member_histograms import member_histograms
     from trtqat.quant.ptq import QuantConfig, prepare_quantized
     from trtqat.quant.sharded_calibration import activation_calibrators, collect_sharded
 
@@ -25,16 +26,17 @@ def calib(spec: dict) -> dict:
     init_process_group(env)
     model, _, _, _ = prepare_quantized(load_checkpoint(spec["ckpt"], spec["repo"]), QuantConfig())
     stream = image_stream(spec["calib"], spec["size"], spec["batch"], spec.get("batches"))
-    if env.distributed:
-        batches, images, _ = collect_sharded(model, stream, env, collect_statistics, "cpu")
-    else:
-        batches, images = collect_statistics(model, stream, "cpu")
-    hist = {}
-    for name, cal in activation_calibrators(model):
-        counts, edges = cal.histogram()
-        hist[name] = (counts.copy(), edges.copy(), cal.max_seen)
-    amax = {m: compute_amax(model, m, env=env)[0] for m in spec["methods"]}
-    return {"hist": hist, "amax": amax, "batches": batches, "images": images}
+    with member_histograms(model) as shared:  # shared quantizers' members are binned and merged too
+        if env.distributed:
+            batches, images, _ = collect_sharded(model, stream, env, collect_statistics, "cpu")
+        else:
+            batches, images = collect_statistics(model, stream, "cpu")
+        hist = {}
+        for name, cal in activation_calibrators(model):
+            counts, edges = cal.histogram()
+            hist[name] = (counts.copy(), edges.copy(), cal.max_seen)
+        amax = {m: compute_amax(model, m, env=env)[0] for m in spec["methods"]}
+    return {"hist": hist, "amax": amax, "batches": batches, "images": images, "shared": shared}
 
 
 def qat(spec: dict) -> dict:

@@ -6,7 +6,8 @@ iterations per quantizer). Here each search is one vectorised numpy computation 
 any machine. The results follow the same definitions as the reference so amax values match:
 
 - mse: candidate amax = bin centre ``i`` for ``i`` in ``range(start_bin, nbins, stride)``; pick the one
-  minimising ``mean(counts * (fake_quant(centres, amax) - centres)**2)`` (first minimum wins);
+  minimising ``mean(counts * (fake_quant(centres, amax) - centres)**2)`` (first minimum wins); for tensors
+  that share one scale, :func:`balanced_mse_amax` sums each member's MSE relative to its own power;
 - entropy: TensorRT's KL-divergence calibration over the first ``i`` bins (last minimum wins);
 - percentile: the bin edge where the CDF first reaches ``percentile``;
 - max: the largest absolute value seen.
@@ -29,19 +30,64 @@ def mse_amax(counts: np.ndarray, edges: np.ndarray, num_bits: int = 8, unsigned:
     """
     if counts is None or edges is None or len(counts) == 0:
         return None
-    counts = np.asarray(counts, dtype=np.float32)
-    edges = np.asarray(edges, dtype=np.float32)
-    centers = ((edges[1:] + edges[:-1]) / np.float32(2)).astype(np.float32)
+    centers = _centers(edges)
     cand = np.arange(start_bin, len(centers), stride)
     if len(cand) == 0:
         return float(centers[-1])
+    mses = _mse_curve(counts, centers, centers[cand], num_bits, unsigned, chunk)
+    return float(centers[cand[int(np.argmin(mses))]])
+
+
+def balanced_mse_amax(histograms: list[tuple[np.ndarray, np.ndarray]], num_bits: int = 8, unsigned: bool = False,
+                      stride: int = 1, start_bin: int = 128, chunk: int = 512) -> float | None:
+    """One amax for tensors that must share a scale: the minimum of the sum of their *relative* MSEs.
+
+    ``histograms`` holds one (counts, edges) per member tensor. Each member's quantization MSE at a
+    candidate amax is divided by that member's mean square (its signal power), so every member's
+    noise-to-signal ratio counts alike; candidates are the centres of the widest member's bins from
+    ``start_bin`` on, as in :func:`mse_amax`, which this equals for one member.
+
+    Why not the MSE of the merged histogram: that weighs absolute error, so the members with the widest
+    range (and the most values) decide, and a member with a tenth of the range is left with a handful of
+    int8 levels. On the trained YOLOv7 with pytorch-quantization's default placement (16 groups of 2-5
+    Concat inputs), ``trtqat optimize --calib`` scored 64.53 mAP with the merged MSE and 64.90 with this,
+    against 64.74 for the untied input (300 held-out images).
+    """
+    members = [(c, e) for c, e in histograms if c is not None and e is not None and len(c)]
+    if not members:
+        return None
+    widest = _centers(max(members, key=lambda m: float(np.asarray(m[1])[-1]))[1])
+    cand = np.arange(start_bin, len(widest), stride)
+    if len(cand) == 0:
+        return float(widest[-1])
+    total = np.zeros(len(cand), dtype=np.float64)
+    for counts, edges in members:
+        centers = _centers(edges)
+        weights = np.asarray(counts, dtype=np.float64)[: len(centers)]
+        n = weights.sum()
+        power = float(weights @ np.square(centers.astype(np.float64))) / n if n else 0.0
+        if power > 0:
+            total += _mse_curve(counts, centers, widest[cand], num_bits, unsigned, chunk).astype(np.float64) / (n * power)
+    return float(widest[cand[int(np.argmin(total))]])
+
+
+def _centers(edges: np.ndarray) -> np.ndarray:
+    edges = np.asarray(edges, dtype=np.float32)
+    return ((edges[1:] + edges[:-1]) / np.float32(2)).astype(np.float32)
+
+
+def _mse_curve(counts: np.ndarray, centers: np.ndarray, amaxes: np.ndarray, num_bits: int, unsigned: bool,
+               chunk: int) -> np.ndarray:
+    """``sum(counts * (fake_quant(centres, amax) - centres)**2)`` for every amax, in float32 (the reference's
+    arithmetic: the MSE search agrees with pytorch-quantization's bit for bit)."""
+    counts = np.asarray(counts, dtype=np.float32)
     nz = np.nonzero(counts[: len(centers)])[0]
     used, weights = centers[nz], counts[nz]
     bound = np.float32(2.0 ** (num_bits - 1 + int(unsigned)) - 1.0)
     lo = np.float32(0.0) if unsigned else -bound
-    mses = np.empty(len(cand), dtype=np.float32)
-    for s in range(0, len(cand), chunk):  # (chunk x non-empty bins) float32 stays a few MB
-        scale = (bound / centers[cand[s:s + chunk]])[:, None]
+    mses = np.empty(len(amaxes), dtype=np.float32)
+    for s in range(0, len(amaxes), chunk):  # (chunk x non-empty bins) float32 stays a few MB
+        scale = (bound / amaxes[s:s + chunk])[:, None]
         q = used[None, :] * scale
         np.rint(q, out=q)
         np.clip(q, lo, bound, out=q)
@@ -49,7 +95,7 @@ def mse_amax(counts: np.ndarray, edges: np.ndarray, num_bits: int = 8, unsigned:
         q -= used[None, :]
         np.square(q, out=q)
         mses[s:s + chunk] = q @ weights
-    return float(centers[cand[int(np.argmin(mses))]])
+    return mses
 
 
 def percentile_amax(counts: np.ndarray, edges: np.ndarray, percentile: float = 99.99) -> float | None:

@@ -12,7 +12,7 @@ also collects with quantization disabled, so every amax describes float activati
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -80,7 +80,7 @@ def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelPr
     return out
 
 
-def collect_histograms(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]], batches: Iterable[np.ndarray],
+def collect_histograms(model: onnx.ModelProto, groups: Mapping[Hashable, Sequence[str]], batches: Iterable[np.ndarray],
                        *, bins: int = DEFAULT_BINS, progress: Callable[[int], None] | None = None
                        ) -> dict[str, AbsHistogram]:
     """One merged histogram per group of tensors of a float model, over every batch.

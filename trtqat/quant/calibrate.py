@@ -1,11 +1,14 @@
 """Post-training calibration: collect activation histograms, then compute every amax.
 
 Activation amax comes from the histogram by ``mse`` (default: Histogram(MSE) was best for YOLOv7 in the
-reference study), ``entropy``, ``percentile`` or ``max``; weights get per-channel max. Everything runs on
+reference study), ``entropy``, ``percentile`` or ``max``; weights get per-channel max. A quantizer shared
+by the scale-sharing rules gets, with ``mse``, the amax that balances its members' relative errors
+(:mod:`trtqat.quant.member_histograms`); the other methods read its merged histogram. Everything runs on
 CPU or CUDA alike: the amax search is trtqat's own numpy code (pytorch-quantization's MSE path needs CUDA).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,11 +17,12 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..calib.amax import histogram_amax
+from ..calib.amax import balanced_mse_amax, histogram_amax
 from ..data.images import ImageStream
 from ..errors import InputError
 from ..models.device import set_memory_format
 from .calibrator import FastHistogramCalibrator, release_buffers
+from .member_histograms import member_histograms
 from .distributed import DistEnv, active, dist_env, init_process_group
 from .modes import calibration_mode
 from .quantizers import is_weight_quantizer, named_quantizers, set_amax, weight_amax
@@ -102,6 +106,9 @@ def compute_amax(model, method: str = "mse", percentile: float = 99.99,
 
     def search(name: str) -> float | None:
         q, cal, counts, edges = histograms[name]
+        members = [m.histogram() for m in getattr(cal, "members", {}).values()]
+        if method == "mse" and len(members) > 1:  # a shared quantizer: every member's error counts alike
+            return balanced_mse_amax(members, num_bits=q.num_bits, unsigned=q.unsigned)
         return cal.max_seen if method == "max" else histogram_amax(method, counts, edges, num_bits=q.num_bits,
                                                                    unsigned=q.unsigned, percentile=percentile)
 
@@ -140,17 +147,19 @@ def calibrate(model, batches: Iterable, *, method: str = "mse", percentile: floa
     result = CalibResult(method=method, ranks=env.world_size)
     t0 = time.perf_counter()
     sharded = env.distributed and isinstance(batches, ImageStream)
-    if sharded:
-        init_process_group(env)
-        result.batches, result.images, _ = collect_sharded(model, batches, env, collect_statistics, device, progress)
-    else:
-        result.batches, result.images = collect_statistics(model, batches, device, progress)
-    result.seconds_collect = time.perf_counter() - t0
-    if result.batches == 0:
-        raise InputError("calibration saw no images", "Pass a --calib folder with readable images")
-    t1 = time.perf_counter()
-    result.amax, result.unseen = compute_amax(model, method, percentile, env if sharded else None)
-    result.seconds_amax = time.perf_counter() - t1
+    with member_histograms(model) if method == "mse" else contextlib.nullcontext():
+        if sharded:
+            init_process_group(env)
+            result.batches, result.images, _ = collect_sharded(model, batches, env, collect_statistics, device,
+                                                               progress)
+        else:
+            result.batches, result.images = collect_statistics(model, batches, device, progress)
+        result.seconds_collect = time.perf_counter() - t0
+        if result.batches == 0:
+            raise InputError("calibration saw no images", "Pass a --calib folder with readable images")
+        t1 = time.perf_counter()
+        result.amax, result.unseen = compute_amax(model, method, percentile, env if sharded else None)
+        result.seconds_amax = time.perf_counter() - t1
     for name, q in named_quantizers(model):
         if name in result.unseen:
             q.disable()

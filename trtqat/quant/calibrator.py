@@ -173,6 +173,14 @@ class FastHistogramCalibrator(HistogramCalibrator):
 
     @torch.no_grad()
     def collect(self, inputs: torch.Tensor) -> None:
+        """Bin ``inputs`` into the histogram, and into the running member's when a shared quantizer's
+        members are tracked (:mod:`trtqat.quant.member_histograms`; the tensor is binned once for both)."""
+        self._collect(inputs)
+        queue = getattr(self, "member_queue", None)
+        if queue:  # the running module's next name (its last one for any further call)
+            self.members[queue.pop(0) if len(queue) > 1 else queue[0]]._collect(inputs)
+
+    def _collect(self, inputs: torch.Tensor) -> None:
         """One device-to-host copy per tensor (its max): on CUDA every other step is queued, so the
         forward does not stall on each quantizer (the reference synchronizes about five times)."""
         x = inputs.detach()  # a new object per call: the cache is keyed by ``inputs`` itself

@@ -29,6 +29,7 @@ import torch
 
 from ..data.images import ImageStream
 from .calibrator import FastHistogramCalibrator
+from .member_histograms import MEMBER_SEP
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, broadcast_object, sync
 from .quantizers import is_weight_quantizer, named_quantizers
 
@@ -45,9 +46,14 @@ def rank_stream(stream: ImageStream, env: DistEnv) -> ImageStream | None:
 
 
 def activation_calibrators(model) -> list[tuple[str, FastHistogramCalibrator]]:
-    """(name, calibrator) of every histogram-calibrated activation quantizer, in module order."""
-    return [(name, q._calibrator) for name, q in named_quantizers(model)
-            if not is_weight_quantizer(name) and isinstance(q._calibrator, FastHistogramCalibrator)]
+    """(name, calibrator) of every histogram-calibrated activation quantizer, in module order, each
+    followed by its members' calibrators (``name@member``) while those are tracked."""
+    out = []
+    for name, q in named_quantizers(model):
+        if not is_weight_quantizer(name) and isinstance(q._calibrator, FastHistogramCalibrator):
+            out.append((name, q._calibrator))
+            out += [(f"{name}{MEMBER_SEP}{m}", c) for m, c in getattr(q._calibrator, "members", {}).items()]
+    return out
 
 
 def collect_sharded(model, stream: ImageStream, env: DistEnv, collect: Callable[..., tuple[int, int]],
