@@ -51,3 +51,9 @@ def test_empty_members_are_ignored():
     wide, _ = _members()
     assert balanced_mse_amax([(None, None), _hist(wide)]) == mse_amax(*_hist(wide))
     assert balanced_mse_amax([(None, None)]) is None
+
+
+def test_one_tensor_read_by_several_members_counts_once():
+    wide, narrow = _members()
+    assert balanced_mse_amax([_hist(wide), _hist(narrow), _hist(narrow), _hist(narrow)]) == \
+        balanced_mse_amax([_hist(wide), _hist(narrow)])

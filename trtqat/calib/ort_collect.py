@@ -96,11 +96,14 @@ def collect_histograms(model: onnx.ModelProto, groups: Mapping[Hashable, Sequenc
     sess = session(with_outputs(model, names))
     hists = {key: AbsHistogram(bins) for key in groups}
     for batch in batches:
-        for part in chunks(sess, batch):
-            values = dict(zip(names, sess.run(names, feeds_for(sess, part))))
-            for key, tensors in groups.items():
-                for t in tensors:
-                    hists[key].collect(values[t])
+        # a static batch-1 model runs the batch image by image; the histograms still see it as one batch,
+        # as the torch calibrator does (the first batch's range sets the bin width)
+        parts = [sess.run(names, feeds_for(sess, part)) for part in chunks(sess, batch)]
+        values = {n: np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
+                  for i, n in enumerate(names)}
+        for key, tensors in groups.items():
+            for t in tensors:
+                hists[key].collect(values[t])
         if progress is not None:
             progress(len(batch))
     return hists

@@ -22,8 +22,8 @@ from ..data.images import ImageStream
 from ..errors import InputError
 from ..models.device import set_memory_format
 from .calibrator import FastHistogramCalibrator, release_buffers
-from .member_histograms import member_histograms
 from .distributed import DistEnv, active, dist_env, init_process_group
+from .member_histograms import member_histograms
 from .modes import calibration_mode
 from .quantizers import is_weight_quantizer, named_quantizers, set_amax, weight_amax
 from .sharded_calibration import collect_sharded, split_amax_search

@@ -29,8 +29,8 @@ import torch
 
 from ..data.images import ImageStream
 from .calibrator import FastHistogramCalibrator
-from .member_histograms import MEMBER_SEP
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, broadcast_object, sync
+from .member_histograms import MEMBER_SEP
 from .quantizers import is_weight_quantizer, named_quantizers
 
 

@@ -10,8 +10,9 @@ layers get a temporary *probe* quantizer the same way, so the graph can name the
 quantized tensor (the float fan-out rule). Everything is restored afterwards: calibration starts clean.
 
 Applying a group makes every member attribute (``_input_quantizer``, ``_input0_quantizer`` ...) point
-to ONE TensorQuantizer object, before calibration: calibration sees the union of the tensors, and the
-sharing survives QAT and pickling (one amax, one scale in the exported ONNX).
+to ONE TensorQuantizer object, before calibration: calibration sees every member's tensor (and keeps
+one histogram per member for the balanced amax, :mod:`trtqat.quant.member_histograms`), and the sharing
+survives QAT and pickling (one amax, one scale in the exported ONNX).
 """
 from __future__ import annotations
 
