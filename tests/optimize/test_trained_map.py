@@ -81,10 +81,11 @@ def maps(trained_checkpoint, val300, tmp_path_factory):
     return get
 
 
-#: measured on the 5600-step YOLOv7, 300 held-out images (README, optimize accuracy table): not met. The cost is
-#: scale sharing itself: trtqat's own placement of the same model scores 64.48, level with OUT --calib
+#: measured on the 5600-step YOLOv7, 300 held-out images (README, optimize accuracy table): not met, now within
+#: the noise. With the balanced group amax OUT --calib reads 64.73 against IN's 64.79 (merged histograms: 64.54);
+#: a 0.1 % jitter of every scale moves either by up to 0.16, and the means of four jittered copies are 64.70 / 64.73
 PQ_YOLOV7 = pytest.mark.xfail(strict=False, reason="YOLOv7, pytorch-quantization default placement: IN 64.79, "
-                              "OUT 64.39 (-0.40), OUT --calib 64.54 (-0.25); trtqat's own tied placement 64.48")
+                              "OUT 64.39 (-0.40), OUT --calib 64.73 (-0.06, inside the +-0.1 scale-jitter spread)")
 CASES = [("yolov5", "pq"), ("yolov5", "mt"), pytest.param("yolov7", "pq", marks=PQ_YOLOV7), ("yolov7", "mt")]
 
 
