@@ -6,7 +6,6 @@ binned image by image, its histograms grew from a narrower first range, and the 
 to 1.5 %. Skips when the trained fixture is not committed."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 from test_verify_scores import exported  # noqa: F401  (the session fixture)
