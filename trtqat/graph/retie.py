@@ -8,7 +8,8 @@ writes the group's scale into every Q of the group and into the DQ nodes that re
 
 The group's scale: without data, the **largest** member scale (no value is clipped that was not clipped
 before; values that had a finer grid get a coarser one). With data, ``amax / 127`` of the amax computed
-from the members' histograms (:mod:`trtqat.calib`; MSE balances the members' relative errors). A Q keeps its scale dtype (FP16 scales stay FP16).
+from the members' histograms (:mod:`trtqat.calib`; MSE balances the members' relative errors). A Q keeps
+its scale dtype (FP16 scales stay FP16).
 """
 from __future__ import annotations
 
