@@ -47,7 +47,7 @@ def member_histograms(model) -> Iterator[int]:
         for names in quantizer_aliases(model).values():
             if len(names) < 2 or is_weight_quantizer(names[0]):
                 continue
-            cal = modules[_owner_name(names[0])].get_submodule(names[0].rsplit(".", 1)[1])._calibrator
+            cal = model.get_submodule(names[0])._calibrator
             if not isinstance(cal, FastHistogramCalibrator):
                 continue
             cal.members = {n: FastHistogramCalibrator(cal._num_bits, cal._axis, cal._unsigned, cal._initial_bins)
@@ -63,8 +63,9 @@ def member_histograms(model) -> Iterator[int]:
     finally:
         for h in handles:
             h.remove()
-        for cal in tracked:
-            cal.members, cal.member_queue = {}, []
+        for cal in tracked:  # gone, not emptied: checkpoints pickle calibrators
+            cal.__dict__.pop("members", None)
+            cal.__dict__.pop("member_queue", None)
 
 
 def _naming(cal: FastHistogramCalibrator, aliases: list[str]):
