@@ -94,8 +94,10 @@ def _trtqat(spec: dict) -> dict:
     FastHistogramCalibrator.reset = noting_reset
     calib = CalibConfig(calib_dir=Path(spec["images"]), size=spec["size"], batch_size=spec["batch"],
                         calib_batches=None, method="mse")
-    res = run_ptq(spec["ckpt"], repo=spec["repo"], calib=calib, out=spec["out"])
-    FastHistogramCalibrator.reset = reset
+    try:
+        res = run_ptq(spec["ckpt"], repo=spec["repo"], calib=calib, out=spec["out"])
+    finally:
+        FastHistogramCalibrator.reset = reset
     c = res.calib
     return {"seconds": {"total": res.seconds, "collect": c.seconds_collect, "amax": c.seconds_amax,
                         "other": res.seconds - c.seconds_collect - c.seconds_amax},

@@ -155,17 +155,17 @@ def _calibrate(graph: gs.Graph, sets, batches: Iterable[np.ndarray], cfg: Optimi
                progress: Callable[[int], None] | None) -> dict[int, float]:
     """Group index -> amax from the float twin's activations.
 
-    MSE (the default) searches one amax over every member's own histogram (:func:`balanced_mse_amax`);
-    the other methods read one histogram merged across the group, as a shared torch quantizer collects."""
+    MSE (the default) searches one amax over one histogram per distinct tensor of the group
+    (:func:`balanced_mse_amax`); the other methods read one histogram merged across the group, as a shared
+    torch quantizer collects."""
     from .calib.ort_collect import collect_histograms
     from .graph.strip_qdq import float_twin
 
     twin = float_twin(gs.export_onnx(graph.copy(), do_type_check=False))
     tensors = group_tensors(graph, sets)
     if cfg.method == "mse":
-        hists = collect_histograms(twin, {(k, j): [t] for k, ts in tensors.items() for j, t in enumerate(ts)},
-                                   batches, progress=progress)
-        found = {k: balanced_mse_amax([hists[k, j].histogram() for j in range(len(ts))]) for k, ts in tensors.items()}
+        hists = collect_histograms(twin, {t: [t] for ts in tensors.values() for t in ts}, batches, progress=progress)
+        found = {k: balanced_mse_amax([hists[t].histogram() for t in dict.fromkeys(ts)]) for k, ts in tensors.items()}
     else:
         hists = collect_histograms(twin, tensors, batches, progress=progress)
         found = {k: h.max_seen if cfg.method == "max" else histogram_amax(cfg.method, *h.histogram(),

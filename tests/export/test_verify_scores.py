@@ -229,8 +229,9 @@ def test_trained_export_gives_identical_top_detections(exported, family):
 
     # objects the torch model itself finds or loses depending on the nudge (a confident box with no
     # same-class twin at IoU >= 0.5 under some nudge, either way) are not compared: the ONNX may do either
-    ref_d, got_d, unstable = _drop_unstable(ref_d, got_d, floors_d)
-    floors_d = [_drop_unstable(ref_d, f, floors_d)[1] for f in floors_d]
+    shaky = _unstable_objects(ref_d, floors_d)
+    unstable = sum(_distinct(objects) for objects in shaky)
+    ref_d, got_d, *floors_d = [_without(d, shaky) for d in (ref_d, got_d, *floors_d)]
     # the model's own instability: how far its confident detections move under a 1e-5 nudge of the input
     # (same-class twin); the ONNX may move them no further, and never less strictly than CONF_TOL / IoU 0.9
     shifts = [_shift(a, b) for floor_d in floors_d for a, b in zip(ref_d, floor_d)]
@@ -245,29 +246,36 @@ def test_trained_export_gives_identical_top_detections(exported, family):
         assert unmatched(ref_d, got_d, CONF_TOL, 0.9) == []
 
 
-def _drop_unstable(ref_d: list, other_d: list, floors_d: list) -> tuple[list, list, int]:
-    """Per image, the detections of ``ref_d`` and ``other_d`` without the objects the torch model finds
-    under some nudges and not others: a confident (>= TOP_CONF) detection of the reference with no same-class
-    twin at IoU >= 0.5 in a nudged output, or one of a nudged output with none in the reference. Returns
-    (reference, other, number of such objects). On the trained YOLOv7 one box at confidence 0.525 vanished
-    under 6 of 12 nudges, and the ONNX lost that same box."""
+def _unstable_objects(ref_d: list, floors_d: list) -> list:
+    """Per image, the objects the torch model finds under some nudges and not others (None: none): a
+    confident (>= TOP_CONF) detection of the reference with no same-class twin at IoU >= 0.5 in a nudged
+    output, or one of a nudged output with none in the reference. On the trained YOLOv7 one box at
+    confidence 0.525 vanished under 6 of 12 nudges, and the ONNX lost that same box."""
     import torch
 
-    keep_ref, keep_other, count = [], [], 0  # count: distinct objects (class, centre to 8 px)
-    for i, (ref, other) in enumerate(zip(ref_d, other_d)):
+    out = []
+    for i, ref in enumerate(ref_d):
         shaky = []
         for floor in (f[i] for f in floors_d):
             for a, b in ((ref, floor), (floor, ref)):
                 iou = _class_iou(a, b)
                 shaky += [a[j] for j in range(len(a)) if float(a[j, 4]) >= TOP_CONF and (iou is None or iou[j].max() < 0.5)]
-        if not shaky:
-            keep_ref.append(ref), keep_other.append(other)
-            continue
-        shaky_t = torch.stack(shaky)
-        keep_ref.append(ref[torch.from_numpy(~_near(ref, shaky_t))])
-        keep_other.append(other[torch.from_numpy(~_near(other, shaky_t))])
-        count += len({(int(t[5]), round(float(t[0] + t[2]) / 16), round(float(t[1] + t[3]) / 16)) for t in shaky})
-    return keep_ref, keep_other, count
+        out.append(torch.stack(shaky) if shaky else None)
+    return out
+
+
+def _distinct(objects) -> int:
+    """How many objects (class, centre to 8 px) the detections of one image are."""
+    if objects is None:
+        return 0
+    return len({(int(t[5]), round(float(t[0] + t[2]) / 16), round(float(t[1] + t[3]) / 16)) for t in objects})
+
+
+def _without(dets_d: list, objects_d: list) -> list:
+    """Per image, the detections that overlap none of that image's ``objects`` (same class, IoU >= 0.5)."""
+    import torch
+
+    return [d if objects is None else d[torch.from_numpy(~_near(d, objects))] for d, objects in zip(dets_d, objects_d)]
 
 
 def _near(dets, objects) -> np.ndarray:
