@@ -166,7 +166,7 @@ def measure(family: str, s: dict, work: Path) -> dict:
     best_fidelity = max(METHODS, key=lambda m: rows[m]["sqnr_db"])
     return {"info": trained.trained_info(family).get("float_eval"), "rows": rows,
             "qat_budget": {"epochs": s["qat_epochs"], "iters": s["qat_iters"], "batch": s["batch"],
-                           "lr": f"{qcfg.lr:g}", "epoch": "last"},
+                           "lr": f"{qcfg.lr:g}", "amax": "learned" if qcfg.learn_amax else "fixed", "epoch": "last"},
             "best_method_by_map": best, "best_method_by_sqnr": best_fidelity,
             "ptq_map_drop": _points(rows["float"]["map"], rows[best]["map"]),
             "default_ptq_map_drop": _points(rows["float"]["map"], rows["mse"]["map"]),

@@ -48,17 +48,19 @@ def test_trained_fixture_has_learnt_the_task(ptq_yolov5, val_set):
 
 
 def test_qat_improves_fidelity_over_ptq(ptq_yolov5, shapes_val, tmp_path):
-    """Label-free QAT (distillation from the float model, the default recipe: Adam at --lr 1e-5) moves the
-    quantized model closer to the ORIGINAL float model than PTQ, on held-out images, within 24 steps of 4
-    images. (QAT changes the weights, so the QAT model's own float self is no reference.)"""
+    """Label-free QAT (distillation from the float model, the default recipe: Adam at --lr 1e-5, learned
+    activation scales) moves the quantized model closer to the ORIGINAL float model than PTQ, on held-out
+    images, within 96 steps of 4 images. (QAT changes the weights, so the QAT model's own float self is no
+    reference.) Measured: 30.37 -> 31.42 dB; with --fixed-amax 30.94. At 24 steps the learned scales gained
+    only 0.23 dB (fixed: 0.90): they need steps to settle, hence this budget."""
     held_out = [torch.from_numpy(b) for b in image_stream(shapes_val.val_images, SIZE, 8, max_batches=2)]
     with quant_disabled(ptq_yolov5.model), torch.no_grad():
         refs = [ptq_yolov5.model(x) for x in held_out]
     before = _sqnr(ptq_yolov5.model, held_out, refs)
-    cfg = QatConfig(epochs=1, iters=24, batch_size=4, size=SIZE)
+    cfg = QatConfig(epochs=1, iters=96, batch_size=4, size=SIZE)
     qat = train_qat(ptq_yolov5.model, sorted(shapes_val.train_images.glob("*.jpg")), tmp_path / "qat.pt", cfg)
     after = _sqnr(qat.model, held_out, refs)
-    assert after > before + 0.3, (before, after)  # measured: 30.45 -> 31.34 dB
+    assert after > before + 0.5, (before, after)
     assert _sqnr(ptq_yolov5.model, held_out, refs) == pytest.approx(before)  # the PTQ model (the teacher) is untouched
 
 

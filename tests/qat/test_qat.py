@@ -97,11 +97,12 @@ def test_loss_decreases_and_invariants_hold(ptq, train_files, tmp_path):
     before_weights = {k: v.clone() for k, v in res.model.state_dict().items()}
     groups = sharing_groups(res.model)
     assert groups, "the yolov5 rules share scales; the test needs shared quantizers"
-    cfg = QatConfig(epochs=3, iters=1, batch_size=2, size=SIZE, lr=1e-4, flip=False)  # same batch each step
+    cfg = QatConfig(epochs=3, iters=1, batch_size=2, size=SIZE, lr=1e-4, flip=False,  # same batch each step
+                    learn_amax=False)
     out = train_qat(res.model, train_files, tmp_path / "qat.pt", cfg)
     losses = [r["loss"] for r in out.history]
     assert losses[0] > losses[1] > losses[2], losses
-    assert amax_table(out.model) == before_amax  # amax are frozen buffers
+    assert amax_table(out.model) == before_amax  # --fixed-amax: the calibrated scales stay
     assert sharing_groups(out.model) == groups
     for k, v in res.model.state_dict().items():  # the PTQ model (teacher) is untouched
         assert torch.equal(v, before_weights[k]), k
@@ -168,3 +169,31 @@ def test_best_epoch_follows_the_scorer(ptq, train_files, tmp_path, monkeypatch):
     assert out.best_epoch == 0 and out.best_score == 5.0 and [r["best"] for r in out.history] == [True, False]
     assert torch_load(tmp_path / "qat.pt", repo)[0]["trtqat"]["epoch"] == 0
     assert torch_load(tmp_path / "qat.last.pt", repo)[0]["trtqat"]["epoch"] == 1
+
+
+def test_learned_amax_trains_the_activation_scales_and_keeps_them_shared(ptq, train_files, tmp_path):
+    """--learn-amax: the activation amax follow the loss, shared quantizers
+    stay one object, the checkpoint holds the learned values, and a resume must use the same flag."""
+    from pytorch_quantization.nn import TensorQuantizer
+
+    from trtqat.quant.learned_amax import learnable_quantizers
+
+    res, repo = ptq
+    before = amax_table(res.model)
+    groups = sharing_groups(res.model)
+    cfg = QatConfig(epochs=2, iters=1, batch_size=2, size=SIZE, lr=1e-3, flip=False, learn_amax=True)
+    original = TensorQuantizer._quant_forward
+    out = train_qat(res.model, train_files, tmp_path / "qat.pt", cfg)
+    assert TensorQuantizer._quant_forward is original
+    after = amax_table(out.model)
+    learned = {n for n, _ in learnable_quantizers(out.model)}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed and changed <= learned, (changed, learned)
+    assert amax_table(res.model) == before  # the teacher keeps its calibrated scales
+    assert sharing_groups(out.model) == groups
+    obj, _ = torch_load(tmp_path / "qat.pt", repo)
+    assert obj["trtqat"]["amax"] == after and obj["trtqat"]["qat"]["learn_amax"] is True
+    with pytest.raises(InputError, match="--fixed-amax"):
+        train_qat(None, train_files, tmp_path / "qat.pt", QatConfig(**{**cfg.__dict__, "epochs": 3,
+                                                                        "learn_amax": False}),
+                  resume=True, repo=repo)

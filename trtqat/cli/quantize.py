@@ -60,6 +60,8 @@ table uses the other --val images; without --val, by SQNR on --train images. The
 @click.option("--supervision-stride", type=int, default=1, show_default=True,
               help="Distil every N-th top-level layer (plus the last before the detect head).")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value [default: off].")
+@click.option("--learn-amax/--fixed-amax", "learn_amax", default=True, show_default=True,
+              help="QAT also trains each activation scale (LSQ step-size gradient), or keeps the calibrated ones.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision for QAT (CUDA only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the QAT data order and flips.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted QAT run from <qat>.state.pt.")
@@ -75,7 +77,7 @@ table uses the other --val images; without --val, by SQNR on --train images. The
 @json_option
 def quantize(ckpt: Path, repo, ignore, rules_file, rule_overrides, no_share, no_rules, ptq_out, qat_out, train_dir,
              epochs, iters, lr,
-             supervision_stride, clip_grad, amp, seed, resume, val_dir, val_ann, val_images, eval_origin, eval_ptq,
+             supervision_stride, clip_grad, learn_amax, amp, seed, resume, val_dir, val_ann, val_images, eval_origin, eval_ptq,
              conf_thres, iou_thres, as_json, **calib_kw):
     from ..quant.ptq import QuantConfig
     from ..quant.qat import QatConfig
@@ -86,7 +88,7 @@ def quantize(ckpt: Path, repo, ignore, rules_file, rule_overrides, no_share, no_
     if qat_out is not None:
         qcfg = QatConfig(epochs=epochs, iters=iters, batch_size=calib.batch_size, size=calib.size, lr=lr,
                          supervision_stride=supervision_stride, clip_grad=clip_grad, amp=amp, seed=seed,
-                         device=calib.device)
+                         device=calib.device, learn_amax=learn_amax)
     job = QuantizeJob(ckpt=ckpt, repo=repo, calib=calib,
                       qconf=QuantConfig(ignore=tuple(ignore), rules_file=rules_file, use_rules=not no_rules,
                                         share=not no_share, rule_overrides=tuple(rule_overrides)),
