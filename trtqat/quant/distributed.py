@@ -128,8 +128,9 @@ def wrap_ddp(student, env: DistEnv, device: torch.device):
     """The student as a DDP replica when distributed, else unchanged.
 
     No buffer sync in the forward (``forward_sync_buffers=False``, ``broadcast_buffers=False`` before torch
-    2.13): the only buffers are the frozen amax values (the model is fused, there is no BatchNorm
-    statistic), identical on every rank; a sync would put a collective in each forward, and a rank failing
+    2.13): the only buffers are the amax values (the model is fused, there is no BatchNorm statistic),
+    identical on every rank (learned ones are written from parameters updated with all-reduced gradients,
+    :mod:`~trtqat.quant.learned_amax`); a sync would put a collective in each forward, and a rank failing
     before its forward could not be told apart from a slow one.
     """
     if not env.distributed:
