@@ -340,8 +340,8 @@ def train_qat(model, train_files: Sequence[Path], out: str | Path, cfg: QatConfi
     amp = cfg.amp and device.type == "cuda"
     # the learned scales (when on) must exist before the optimizer; qat_mode before any student forward
     with qat_mode(student), quant_disabled(teacher), _scales(student, cfg, device) as learned:
-        optimizer = torch.optim.Adam([{"params": params}] + ([learned.param_group(1.0)] if learned else []),
-                                     lr=lr_for_epoch(0, cfg.lr, cfg.epochs))
+        lr0 = lr_for_epoch(0, cfg.lr, cfg.epochs)
+        optimizer = torch.optim.Adam([{"params": params}] + ([learned.param_group(lr0)] if learned else []), lr=lr0)
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
         history: list[dict] = []
         best = {"epoch": None, "score": None}
