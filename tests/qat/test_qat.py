@@ -172,8 +172,8 @@ def test_best_epoch_follows_the_scorer(ptq, train_files, tmp_path, monkeypatch):
 
 
 def test_learned_amax_trains_the_activation_scales_and_keeps_them_shared(ptq, train_files, tmp_path):
-    """--learn-amax: the activation amax follow the loss, shared quantizers
-    stay one object, the checkpoint holds the learned values, and a resume must use the same flag."""
+    """--learn-amax: the activation amax follow the loss, shared quantizers stay one object, the checkpoint
+    holds the learned values, and a resume must use the same flag."""
     from pytorch_quantization.nn import TensorQuantizer
 
     from trtqat.quant.learned_amax import learnable_quantizers

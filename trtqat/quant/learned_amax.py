@@ -34,24 +34,25 @@ from collections.abc import Iterator
 import torch
 from pytorch_quantization.nn import TensorQuantizer
 
-from .quantizers import is_weight_quantizer, named_quantizers
+from .quantizers import is_weight_quantizer, named_quantizers, quant_bound
 
 #: the amax group's learning rate relative to the weights' (the parameter is log(amax))
 AMAX_LR_FACTOR = 100.0
 
-_registry: "weakref.WeakKeyDictionary[TensorQuantizer, torch.nn.Parameter]" = weakref.WeakKeyDictionary()
+#: quantizer -> (its log(amax) parameter, the zero point the learnable op wants, on the same device)
+_registry: "weakref.WeakKeyDictionary[TensorQuantizer, tuple]" = weakref.WeakKeyDictionary()
 _original_quant_forward = TensorQuantizer._quant_forward
 
 
 def _learned_quant_forward(self: TensorQuantizer, inputs: torch.Tensor) -> torch.Tensor:
-    log_amax = _registry.get(self)
-    if log_amax is None or not torch.is_grad_enabled() or not self._fake_quant:
+    entry = _registry.get(self)
+    if entry is None or not torch.is_grad_enabled() or not self._fake_quant:
         return _original_quant_forward(self, inputs)
+    log_amax, zero = entry
     # pytorch-quantization's grid: step amax / 127 on [-128, 127] ([-127, 127] narrow, [0, 255] unsigned)
-    bound = 2 ** (self._num_bits - 1 + int(self._unsigned)) - 1
+    bound = quant_bound(self)
     lo = 0 if self._unsigned else -bound - (0 if self._narrow_range else 1)
     scale = torch.exp(log_amax) / bound
-    zero = torch.zeros(1, device=inputs.device)
     out = torch._fake_quantize_learnable_per_tensor_affine(inputs.float(), scale, zero, lo, bound, 1.0)
     return out.to(inputs.dtype)
 
@@ -94,8 +95,9 @@ class LearnedAmax:
 def learned_amax(model, device: torch.device | str = "cpu") -> Iterator[LearnedAmax]:
     """Train the activation scales of ``model`` while open; the buffers hold the final values on exit."""
     learned = LearnedAmax(model, device)
+    zero = torch.zeros(1, device=device)
     for q, p in zip(learned.quantizers, learned.params):
-        _registry[q] = p
+        _registry[q] = (p, zero)
     TensorQuantizer._quant_forward = _learned_quant_forward
     try:
         yield learned
