@@ -77,3 +77,17 @@ def test_sensitive_cli_writes_json_and_png(yolo_checkpoint, calib_images, tmp_pa
     assert summary["rows"][:2] == top
     assert summary["ignore_policy"] in res.output
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quantize_qat_defaults_are_the_library_defaults():
+    """``--help`` shows the QAT defaults, so the click options spell them out; they must be QatConfig's (the
+    benchmarks and the Python API use QatConfig), or the CLI and the measured recipe drift apart."""
+    import dataclasses
+
+    from trtqat.cli.quantize import quantize
+    from trtqat.quant.qat import QatConfig
+
+    options = {p.name: p.default for p in quantize.params}
+    fields = {f.name: f.default for f in dataclasses.fields(QatConfig)}
+    for name in ("epochs", "iters", "lr", "supervision_stride", "clip_grad", "learn_amax", "amp", "seed"):
+        assert options[name] == fields[name], name

@@ -33,12 +33,12 @@ Examples:
 
 QAT needs no labels: the calibrated model with quantization off is the teacher and the loss is the MSE of
 every layer's output before the detect head. Learning rate: the first 30 % of the epochs (rounded down)
-use LR/10, the last 20 % LR/10, the rest LR (LR = --lr, default 1e-5; 10 epochs give the reference
-1e-6 / 1e-5 / 1e-6; 3 epochs or fewer all run at LR). Each epoch writes <qat>.last.pt and <qat>.state.pt
-atomically; --resume continues after Ctrl-C or a crash. The best epoch is written to --qat: it is chosen
-on every 4th --val image (mAP with labels, else SQNR against the float model), and the float / PTQ / QAT
-table uses the other --val images; without --val, by SQNR on --train images. The table is written to
-<qat or ptq stem>.summary.json.
+use LR/10, the last 20 % LR/10, the rest LR (LR = --lr, default 3e-5; 10 epochs give
+3e-6 / 3e-5 / 3e-6, the reference schedule at 3x its peak; 3 epochs or fewer all run at LR). Each epoch
+writes <qat>.last.pt and <qat>.state.pt atomically; --resume continues after Ctrl-C or a crash. The
+best epoch is written to --qat: it is chosen on every 4th --val image (mAP with labels, else SQNR against
+the float model), and the float / PTQ / QAT table uses the other --val images; without --val, by SQNR on
+--train images. The table is written to <qat or ptq stem>.summary.json.
 
 {PICKLE_WARNING}""")
 @checkpoint_argument
@@ -55,7 +55,7 @@ table uses the other --val images; without --val, by SQNR on --train images. The
 @click.option("--epochs", type=int, default=10, show_default=True,
               help="QAT epochs (30 % warm-up and 20 % cool-down at LR/10, rounded down; the rest at --lr).")
 @click.option("--iters", type=int, default=200, show_default=True, help="QAT batches per epoch (of --batch-size).")
-@click.option("--lr", type=float, default=1e-5, show_default=True,
+@click.option("--lr", type=float, default=3e-5, show_default=True,
               help="Peak learning rate, reached by every run (10 epochs: epochs 3-7; 0-2 and 8-9 use LR/10).")
 @click.option("--supervision-stride", type=int, default=1, show_default=True,
               help="Distil every N-th top-level layer (plus the last before the detect head).")

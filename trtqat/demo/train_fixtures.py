@@ -7,7 +7,8 @@ number of steps, a fixed thread count), and saves it like the upstream ``train.p
 weights in fp16 under ``model`` of a dict, pickled inside the fake repo's ``models`` package.
 
 The recipe is the short-schedule one the Ultralytics documentation describes for few iterations: AdamW
-(lr 1e-3, weight decay on conv/linear weights only), linear warm-up then cosine decay, an exponential moving
+(peak lr 1.5e-3 for the committed fixtures, ``RECIPES``; ``--lr`` defaults to 1e-3; weight decay on
+conv/linear weights only), linear warm-up then cosine decay, an exponential moving
 average of the weights, letterboxed inputs as at deployment, horizontal flips and colour jitter. The loss is
 :class:`trtqat.demo.detection_loss.DetectionLoss`.
 
@@ -197,7 +198,7 @@ def train(cfg: TrainConfig, data_root: Path, out: Path, log=print) -> dict:
         ema.update(model)
         if step % 50 == 0 or step == cfg.steps - 1:
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t_train)
-            log(f"[train {cfg.family}] step {step + 1}/{cfg.steps} loss {float(loss) / cfg.batch_size:.4f} "
+            log(f"[train {cfg.family}] step {step + 1}/{cfg.steps} loss {float(loss.detach()) / cfg.batch_size:.4f} "
                 f"box {parts['box']:.4f} obj {parts['obj']:.4f} cls {parts['cls']:.4f} lr {lr_at(step, cfg):.2e} "
                 f"{rate:.1f} img/s", )
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:

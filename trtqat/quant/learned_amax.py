@@ -21,7 +21,7 @@ How, without touching pytorch-quantization's pickled state:
 
 A quantizer shared by the scale-sharing rules is one object, so it gets one parameter and its members keep
 one scale. The parameters train in their own optimizer group at ``lr * AMAX_LR_FACTOR``: in log space, so
-Adam's step is a relative change of the scale (at the default peak lr 1e-5, at most 0.1 % per step).
+Adam's step is a relative change of the scale (at the default peak lr 3e-5, at most about 0.3 % per step).
 Under DDP the parameters are not module parameters, so their gradients are averaged by
 :meth:`LearnedAmax.all_reduce_grads` before the step.
 """
