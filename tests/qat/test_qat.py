@@ -195,7 +195,19 @@ def test_learned_amax_trains_the_activation_scales_and_keeps_them_shared(ptq, tr
     assert sharing_groups(out.model) == groups
     obj, _ = torch_load(tmp_path / "qat.pt", repo)
     assert obj["trtqat"]["amax"] == after and obj["trtqat"]["qat"]["learn_amax"] is True
-    with pytest.raises(InputError, match="--fixed-amax"):
+    with pytest.raises(InputError, match="trained with --learn-amax"):
         train_qat(None, train_files, tmp_path / "qat.pt", QatConfig(**{**cfg.__dict__, "epochs": 3,
                                                                         "learn_amax": False}),
                   resume=True, repo=repo)
+
+
+def test_resume_with_another_parameter_count_names_the_model_not_the_amax_flag():
+    """An optimizer state that does not fit for another reason than the amax flag says so (it used to blame
+    the flag for every mismatch)."""
+    from trtqat.quant.qat import _load_optimizer
+
+    saved = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-3).state_dict()
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))], lr=1e-3)
+    with pytest.raises(InputError, match="does not fit this model") as err:
+        _load_optimizer(optimizer, saved, QatConfig(learn_amax=False))
+    assert "amax" not in str(err.value)

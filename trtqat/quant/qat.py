@@ -438,12 +438,19 @@ def _scales(student, cfg: QatConfig, device):
 
 
 def _load_optimizer(optimizer, saved: dict, cfg: QatConfig) -> None:
+    """Restore Adam's state, naming the cause when it does not fit: the learned-scale group (the one with
+    ``lr_factor``) exists only in runs with ``--learn-amax``; anything else means another model or placement."""
+    saved_learned = any("lr_factor" in group for group in saved.get("param_groups", ()))
+    if saved_learned != cfg.learn_amax:
+        flag = "--learn-amax" if saved_learned else "--fixed-amax"
+        raise InputError(f"the QAT state to resume was trained with {flag}",
+                         f"Resume with {flag}, as the interrupted run")
     try:
         optimizer.load_state_dict(saved)
-    except ValueError as exc:  # a different number of parameter groups: the scales were learned or not
-        flag = "--learn-amax" if cfg.learn_amax else "--fixed-amax"
-        raise InputError(f"the QAT state to resume was not trained with {flag} ({exc})",
-                         "Resume with the same amax flag as the interrupted run") from exc
+    except ValueError as exc:  # another parameter count: another model, placement or ignore policy
+        raise InputError(f"the QAT state to resume does not fit this model ({exc})",
+                         "Resume with the checkpoint, --ignore-policy and rules of the interrupted run, or start "
+                         "again without --resume") from exc
 
 
 def _update(loss, optimizer, scaler, clip, params, learned: LearnedAmax | None = None,
