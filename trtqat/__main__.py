@@ -30,9 +30,11 @@ def run() -> None:
     try:
         main()
     except SystemExit as exc:  # click ends every command with sys.exit
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # sys.exit("message"): print it and exit 1, as the interpreter does
             print(exc.code, file=sys.stderr)
+            code = 1
     finally:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
