@@ -7,12 +7,15 @@ interleaved (``cfg.qat_steps`` steps per call, medians per step):
 - ``reference``: :class:`benchmarks.reference_flow.ReferenceDistiller` (pytorch-quantization's multi-op
   fake quant, teacher under ``no_grad``, every supervised output hooked, ``MSELoss`` summed, Adam);
 - ``trtqat``: trtqat's step as shipped: ``trtqat.quant.qat`` supervision and loss, channels-last
-  (adopted from this benchmark);
-- ``-channels_last``: the same in the default NCHW layout (``trtqat.quant.qat._step`` alone);
+  (adopted from this benchmark), learned activation scales (``--learn-amax``, the default: the LSQ op
+  :class:`trtqat.quant.learned_amax.LearnableFakeQuant` for every activation quantizer, one more Adam group);
+- ``fixed_amax``: the same with the calibrated scales frozen (``--fixed-amax``, the reference recipe's choice);
+- ``-channels_last``: the shipped step in the default NCHW layout;
 - ``+inference_mode``: teacher under ``torch.inference_mode`` instead of ``no_grad``;
 - ``+fused_fake_quant``: ``TensorQuantizer.use_fb_fake_quant = True`` (``torch.fake_quantize_per_*_affine``:
   one fused kernel with a built-in straight-through backward; note its int8 range is [-128, 127] where
-  pytorch-quantization's own is the narrow [-127, 127], and it refuses fp16 inputs, i.e. AMP);
+  pytorch-quantization's own is the narrow [-127, 127], and it refuses fp16 inputs, i.e. AMP). With learned
+  scales it reaches only the weight quantizers (the activations already run one fused learnable op);
 - ``all``: the three levers together. AMP is CUDA-only (autocast on CPU is not what the reference runs)
   and is not measured on a CPU-only machine.
 
@@ -34,9 +37,12 @@ from trtqat.models import set_memory_format
 from .common import Config, Workspace, interleaved, log, median, ratio
 from .reference_flow import ReferenceDistiller, reference_teacher
 
-# "trtqat" is the step as shipped (channels-last, adopted after this benchmark showed it helps on CPU)
-LEVERS = {"trtqat": ("cl",), "-channels_last": (), "+inference_mode": ("cl", "inference"),
-          "+fused_fake_quant": ("cl", "fb"), "all": ("inference", "fb", "cl")}
+# "trtqat" is the step as shipped (channels-last, adopted after this benchmark showed it helps on CPU, and the
+# learned activation scales of --learn-amax); the learned path patches TensorQuantizer._quant_forward for the
+# whole run, which costs the other variants one dictionary lookup per quantizer call
+LEVERS = {"trtqat": ("cl", "learned"), "fixed_amax": ("cl",), "-channels_last": ("learned",),
+          "+inference_mode": ("cl", "learned", "inference"), "+fused_fake_quant": ("cl", "learned", "fb"),
+          "all": ("inference", "fb", "cl", "learned")}
 
 
 @contextlib.contextmanager
@@ -67,6 +73,7 @@ class TrtqatStudent:
     """A student copy trained the trtqat way, optionally with levers."""
 
     def __init__(self, model, teacher, levers: tuple, stack: contextlib.ExitStack):
+        from trtqat.quant.learned_amax import learned_amax
         from trtqat.quant.modes import qat_mode
         from trtqat.quant.qat import prepare_distillation
 
@@ -78,7 +85,9 @@ class TrtqatStudent:
         if "cl" in levers:
             set_memory_format(self.student, torch.channels_last)
         stack.enter_context(qat_mode(self.student))
-        self.optimizer = torch.optim.Adam(self.params, lr=1e-5)
+        self.learned = stack.enter_context(learned_amax(self.student)) if "learned" in levers else None
+        groups = [{"params": self.params}] + ([self.learned.param_group(1e-5)] if self.learned else [])
+        self.optimizer = torch.optim.Adam(groups, lr=1e-5)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def step(self, x: torch.Tensor, phases: dict | None = None) -> float:
@@ -87,8 +96,9 @@ class TrtqatStudent:
         if "cl" in self.levers:
             x = x.contiguous(memory_format=torch.channels_last)
         with fused_fake_quant("fb" in self.levers):
-            if not self.levers and phases is None:
-                return _step(self.student, self.teacher, self.distil, x, self.optimizer, self.scaler, False, None)
+            if set(self.levers) <= {"learned"} and phases is None:
+                return _step(self.student, self.teacher, self.distil, x, self.optimizer, self.scaler, False, None,
+                             self.learned)
             t0 = time.perf_counter()
             grad_off = torch.inference_mode() if "inference" in self.levers else torch.no_grad()
             with grad_off, capture_outputs(self.distil.teacher) as t_out:
@@ -103,6 +113,8 @@ class TrtqatStudent:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.learned is not None:
+                self.learned.sync_buffers()
             t3 = time.perf_counter()
         if phases is not None:
             for k, v in (("teacher_forward", t1 - t0), ("student_forward", t2 - t1), ("backward_step", t3 - t2)):
@@ -153,7 +165,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
         per_step = {k: median(v) / steps for k, v in times.items()}
         phases_ref: dict = {}
         phases_all: dict = {}
-        plain = TrtqatStudent(model, teacher_cl, ("cl",), stack)
+        plain = TrtqatStudent(model, teacher_cl, LEVERS["trtqat"], stack)
         for _ in range(max(2, steps)):
             plain.step(x, phases_ref)
             students["all"].step(x, phases_all)

@@ -64,8 +64,8 @@ def test_amax_and_ptq_agree_with_the_reference(smoke):
 def test_qat_levers_and_placement_schema(smoke):
     _, out, _ = smoke
     qat = json.loads((out / "qat_step.json").read_text())
-    assert set(qat["seconds_per_step"]) == {"reference", "trtqat", "+inference_mode", "+fused_fake_quant",
-                                            "-channels_last", "all"}
+    assert set(qat["seconds_per_step"]) == {"reference", "trtqat", "fixed_amax", "+inference_mode",
+                                            "+fused_fake_quant", "-channels_last", "all"}
     assert all(_positive(v) for v in qat["seconds_per_step"].values())
     place = json.loads((out / "placement.json").read_text())
     for family in ("yolov5", "yolov7"):

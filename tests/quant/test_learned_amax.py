@@ -102,3 +102,67 @@ def test_copies_of_the_model_quantize_with_their_buffers():
         with torch.no_grad():
             learned.params[0].fill_(torch.log(torch.tensor(4.0)).item())
         torch.testing.assert_close(twin(x), _quantizer(1.0)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lo,hi", [(-128, 127), (-127, 127), (0, 255)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_lsq_op_is_torchs_learnable_fake_quant_bit_for_bit(lo, hi, channels_last):
+    """Output and input gradient identical to ``torch._fake_quantize_learnable_per_tensor_affine``, the scale
+    gradient too on this CPU (allowed 1e-6 relative elsewhere: it is a float32 sum of ~10^5 terms), on
+    values that land exactly on the grid, half-way between two levels, inside and far outside the range."""
+    from trtqat.quant.learned_amax import LearnableFakeQuant
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 40, 40, generator=gen) * 2
+    x.view(-1)[:2001] = torch.arange(-1000, 1001) * 0.005  # grid points and exact halves of the step 0.01
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    grad = torch.randn(x.shape, generator=gen).contiguous(memory_format=layout)
+    results = []
+    for op in (lambda a, s: torch._fake_quantize_learnable_per_tensor_affine(a, s, torch.zeros(1), lo, hi, 1.0),
+               lambda a, s: LearnableFakeQuant.apply(a, s, lo, hi)):
+        a = x.clone().requires_grad_(True)
+        s = torch.tensor([0.01], requires_grad=True)
+        y = op(a, s)
+        y.backward(grad)
+        results.append((y.detach(), a.grad, s.grad))
+    (y0, dx0, ds0), (y1, dx1, ds1) = results
+    assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
+    assert (dx1 == 0).any() and (dx1 != 0).any()  # both sides of the range were exercised
+    torch.testing.assert_close(ds1, ds0, rtol=1e-6, atol=0)
+    assert y1.is_contiguous(memory_format=torch.channels_last) == channels_last  # the layout is kept
+
+
+def test_training_with_it_matches_training_with_torchs_op(monkeypatch):
+    """A few Adam steps on a quantized conv stack: weights and learned scales identical with either op."""
+    import copy
+
+    import trtqat.quant.learned_amax as la
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(quant_nn.QuantConv2d(3, 8, 3, padding=1), torch.nn.SiLU(),
+                              quant_nn.QuantConv2d(8, 4, 3, padding=1))
+    for conv, amax in ((net[0], 2.5), (net[2], 0.4)):
+        conv.input_quantizer.amax = amax
+        conv.weight_quantizer.amax = conv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    x = torch.randn(4, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(4, 4, 24, 24, generator=torch.Generator().manual_seed(2))
+
+    def train(model):
+        with learned_amax(model) as learned:
+            opt = torch.optim.Adam([{"params": list(model.parameters())}, learned.param_group(1e-3)], lr=1e-3)
+            for _ in range(5):
+                opt.zero_grad()
+                ((model(x) - target) ** 2).mean().backward()
+                opt.step()
+                learned.sync_buffers()
+        return model.state_dict()
+
+    ours = train(copy.deepcopy(net))
+    native = staticmethod(lambda a, s, lo, hi: torch._fake_quantize_learnable_per_tensor_affine(
+        a, s, torch.zeros(1), lo, hi, 1.0))
+    monkeypatch.setattr(la.LearnableFakeQuant, "apply", native)
+    theirs = train(copy.deepcopy(net))
+    assert float(ours["0._input_quantizer._amax"]) != 2.5  # the scales did train
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=0, msg=key)

@@ -471,9 +471,10 @@ def _update(loss, optimizer, scaler, clip, params, learned: LearnedAmax | None =
     return float(loss.detach())
 
 
-def _step(forward, teacher, distil: Distillation, x, optimizer, scaler, amp, clip) -> float:
+def _step(forward, teacher, distil: Distillation, x, optimizer, scaler, amp, clip,
+          learned: LearnedAmax | None = None) -> float:
     """One single-process distillation step (what ``benchmarks/qat_step.py`` times)."""
-    return _update(_loss(forward, teacher, distil, x, amp), optimizer, scaler, clip, distil.params)
+    return _update(_loss(forward, teacher, distil, x, amp), optimizer, scaler, clip, distil.params, learned)
 
 
 def _write_state(path, epoch, student, teacher_state, optimizer, scaler, history, best, meta) -> None:
