@@ -76,9 +76,12 @@ class LearnableFakeQuant(torch.autograd.Function):
         # inside: grad * (q * scale - x) / scale, with q * scale - x in one rounding, written as -(x - q * scale)
         # (addcmul's fused form; the sign moves to -inv, exactly); outside: grad * q. In place where possible.
         inner = torch.addcmul(x, q, scale, value=-1).mul_(grad).mul_(-inv)
-        keep = rounded.sub_(q).abs_().clamp_(max=1).neg_().add_(1)  # 1.0 inside, 0.0 outside (bool x float is slow)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # not for the network input
+            keep = rounded.sub_(q).abs_().clamp_(max=1).neg_().add_(1)  # 1.0 inside, 0.0 outside (bool x float is slow)
+            grad_x = keep.mul_(grad)
         per_element = torch.where(inside, inner, q.mul_(grad), out=inner)
-        return keep.mul_(grad), per_element.sum().reshape(scale.shape), None, None
+        return grad_x, per_element.sum().reshape(scale.shape), None, None
 
 
 def _learned_quant_forward(self: TensorQuantizer, inputs: torch.Tensor) -> torch.Tensor:
