@@ -143,7 +143,7 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     amax = None
     if calib is not None:
         amax = _calibrate(graph, sets, calib, cfg, progress)
-    report.groups = tie_scales(graph, sets, amax, cfg.method)
+    report.groups = tie_scales(graph, sets, amax, cfg.method, unscaled=frozenset(fresh))
     graph.cleanup().toposort()
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version

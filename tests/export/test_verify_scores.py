@@ -160,12 +160,14 @@ def test_non_head_outputs_are_compared_whole():
 #: "top" detections: confidence at least this (deployment threshold 0.25); between 0.25 and TOP_CONF a
 #: detection may flip class between near-tied shapes or cross 0.25 under int8 rounding alone
 TOP_CONF = 0.5
-#: confidence of a matched detection may move this much (YOLOv5: at most 0.023). On the 5600-step YOLOv7
-#: (PTQ, 8 images, 47 detections >= 0.5) the ONNX moves up to 0.056 while the torch model against itself on
-#: 1e-5-perturbed inputs moves up to 0.12: that model's misses are compared with its own floor.
+#: confidence of a matched detection may move this much (YOLOv5: at most 0.023). On the trained YOLOv7 the ONNX
+#: moves up to 0.056 (5600-step fixture) or 0.099 (3200-step) while the torch model against itself on
+#: 1e-5-perturbed inputs moves up to 0.12 / 0.11: that model's misses are compared with its own floor.
 CONF_TOL = 0.05
-#: seeded 1e-5 input nudges that measure the torch model's own instability (the floor of the comparison)
-NUDGES = 8
+#: seeded 1e-5 input nudges that measure the torch model's own instability (the floor of the comparison). On the
+#: 3200-step YOLOv7 the largest confidence move was 0.071 over 8 seeds and 0.112 over 16, the same over 32 and 48;
+#: its ONNX moves one confident box by 0.099
+NUDGES = 16
 
 
 def _class_iou(a, b) -> np.ndarray | None:
@@ -203,10 +205,11 @@ def test_trained_export_gives_identical_top_detections(exported, family):
     1e-5-perturbed inputs (the worst of NUDGES seeds) when that is more: int8 rounding flips set that floor.
 
     Why several nudges: the floor is the model's instability, and one sample of it understates it. On the
-    trained YOLOv7 the ONNX moves one detection at confidence 0.57 to IoU 0.85; the torch model itself,
-    under 12 seeded nudges, moves a detection below IoU 0.9 under 9 of them (down to 0.81) and confidences
-    by up to 0.12, while seed 0 alone moved nothing below IoU 0.94. On YOLOv5 (stable) the fixed bounds
-    hold for its ONNX as they are."""
+    5600-step YOLOv7 the ONNX moved one detection at confidence 0.57 to IoU 0.85; the torch model itself,
+    under 12 seeded nudges, moved a detection below IoU 0.9 under 9 of them (down to 0.81) and confidences
+    by up to 0.12, while seed 0 alone moved nothing below IoU 0.94. On the 3200-step YOLOv7 8 seeds
+    gave a confidence floor of 0.071 and 16 gave 0.112 (no change up to 48), against 0.099 for its ONNX.
+    On YOLOv5 (stable) the fixed bounds hold for its ONNX as they are."""
     import torch
 
     from trtqat.eval.nms import non_max_suppression

@@ -32,7 +32,7 @@ import numpy as np
 FAMILY_WIDTH = {"yolov5": 0.25, "yolov7": 0.25}
 #: the committed fixtures' recipes (``make fixtures``); steps of ``batch_size`` images, one CPU thread each
 RECIPES = {"yolov5": {"steps": 2600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 500},
-           "yolov7": {"steps": 5600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000}}
+           "yolov7": {"steps": 3200, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000}}
 #: the shapes dataset they are trained on (``trtqat.demo.shapes``); val is the held-out split
 DATASET = {"train": 4000, "val": 300, "seed": 0}
 
