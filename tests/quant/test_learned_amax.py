@@ -104,6 +104,11 @@ def test_copies_of_the_model_quantize_with_their_buffers():
         torch.testing.assert_close(twin(x), _quantizer(1.0)(x), rtol=0, atol=0)
 
 
+def _torchs_lsq(x, scale, lo, hi):
+    """torch's own learnable fake quant, zero point 0, gradient factor 1: what LearnableFakeQuant reproduces."""
+    return torch._fake_quantize_learnable_per_tensor_affine(x, scale, torch.zeros(1), lo, hi, 1.0)
+
+
 @pytest.mark.parametrize("lo,hi", [(-128, 127), (-127, 127), (0, 255)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_the_lsq_op_is_torchs_learnable_fake_quant_bit_for_bit(lo, hi, channels_last):
@@ -119,11 +124,10 @@ def test_the_lsq_op_is_torchs_learnable_fake_quant_bit_for_bit(lo, hi, channels_
     x = x.contiguous(memory_format=layout)
     grad = torch.randn(x.shape, generator=gen).contiguous(memory_format=layout)
     results = []
-    for op in (lambda a, s: torch._fake_quantize_learnable_per_tensor_affine(a, s, torch.zeros(1), lo, hi, 1.0),
-               lambda a, s: LearnableFakeQuant.apply(a, s, lo, hi)):
+    for op in (_torchs_lsq, LearnableFakeQuant.apply):
         a = x.clone().requires_grad_(True)
         s = torch.tensor([0.01], requires_grad=True)
-        y = op(a, s)
+        y = op(a, s, lo, hi)
         y.backward(grad)
         results.append((y.detach(), a.grad, s.grad))
     (y0, dx0, ds0), (y1, dx1, ds1) = results
@@ -159,9 +163,7 @@ def test_training_with_it_matches_training_with_torchs_op(monkeypatch):
         return model.state_dict()
 
     ours = train(copy.deepcopy(net))
-    native = staticmethod(lambda a, s, lo, hi: torch._fake_quantize_learnable_per_tensor_affine(
-        a, s, torch.zeros(1), lo, hi, 1.0))
-    monkeypatch.setattr(la.LearnableFakeQuant, "apply", native)
+    monkeypatch.setattr(la.LearnableFakeQuant, "apply", staticmethod(_torchs_lsq))
     theirs = train(copy.deepcopy(net))
     assert float(ours["0._input_quantizer._amax"]) != 2.5  # the scales did train
     for key in ours:

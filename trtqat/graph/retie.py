@@ -12,8 +12,8 @@ from the members' histograms (:mod:`trtqat.calib`; MSE balances the members' rel
 below the smallest scale a member already had (``floor``): the tie may clip as much as the input's
 most-clipping member did, not more. Why: the input was calibrated as a whole, by a method of its own; a
 max-calibrated network whose groups alone were re-derived by MSE clipped where nothing around them did,
-and lost 0.57 mAP points on the trained YOLOv7; floored, 0.21 (max groups: 0.13; README). A Q keeps its scale dtype
-(FP16 scales stay FP16).
+and lost 0.57 mAP points on the trained YOLOv7; floored, 0.21 (max groups: 0.13; README). A Q keeps its
+scale dtype (FP16 scales stay FP16).
 """
 from __future__ import annotations
 

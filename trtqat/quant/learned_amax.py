@@ -61,15 +61,15 @@ class LearnableFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        inv = scale.reciprocal()
-        ctx.save_for_backward(x, scale, inv)
+        ctx.save_for_backward(x, scale)
         ctx.bounds = (lo, hi)
-        return torch.round(x * inv).clamp_(lo, hi).mul_(scale)
+        return torch.round(x * scale.reciprocal()).clamp_(lo, hi).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, scale, inv = ctx.saved_tensors
+        x, scale = ctx.saved_tensors
         lo, hi = ctx.bounds
+        inv = scale.reciprocal()
         rounded = (x * inv).round_()
         q = rounded.clamp(lo, hi)
         inside = rounded == q
