@@ -33,7 +33,8 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     \b
     Reads any Q/DQ ONNX (trtqat, ModelOpt ONNX PTQ incl. FP16, torch.onnx.export of pytorch-quantization or
     ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), ties every
-    scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration), inserts Q/DQ the rules
+    scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, never below the group's
+    smallest scale: pass --method max for a max-calibrated input), inserts Q/DQ the rules
     call for (without --calib only where an existing scale applies; others are listed), then runs
     onnx.checker, onnxruntime (IN vs OUT per output) and trtqat lint before and after.
     \b
