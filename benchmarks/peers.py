@@ -7,7 +7,8 @@ shapes val split) and on the random-weight fixture otherwise (no mAP):
   copy of the float FP32 export (ModelOpt rewrites its input ONNX in place), calibrated on the same images
   as trtqat;
 - ``modelopt+optimize``: ``trtqat optimize`` of that output without data (largest scale per group), and
-  ``modelopt+optimize --calib`` with the calibration images;
+  ``modelopt+optimize --calib`` with the calibration images (tied groups derived again), and
+  ``modelopt+optimize --calib --recalibrate all`` (every activation scale derived again);
 - ``trtqat``: ``trtqat quantize --ptq`` (rules on) + ``trtqat export``.
 
 Reported: standalone Q/DQ and INT8 MAC share (``trtqat lint``), wall time of each step, mAP@0.5:0.95
@@ -110,7 +111,8 @@ def run_family(py: str, ws: Workspace, cfg: Config, family: str) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     size, calib = src["size"], src["calib"]
     paths = {"float": d / "float.onnx", "modelopt": d / "modelopt.onnx", "modelopt+optimize": d / "mo_opt.onnx",
-             "modelopt+optimize --calib": d / "mo_opt_calib.onnx", "trtqat": d / "trtqat.onnx"}
+             "modelopt+optimize --calib": d / "mo_opt_calib.onnx",
+             "modelopt+optimize --calib --recalibrate all": d / "mo_opt_calib_all.onnx", "trtqat": d / "trtqat.onnx"}
     _trtqat("export", src["ckpt"], "--repo", src["repo"], "--size", size, "--no-quant", "--float-dtype", "fp32",
             "--no-verify", "--save", paths["float"])
     npy = d / "calib.npy"
@@ -119,10 +121,11 @@ def run_family(py: str, ws: Workspace, cfg: Config, family: str) -> dict:
     t = time.perf_counter()
     optimize_file(paths["modelopt"], paths["modelopt+optimize"], OptimizeConfig())
     seconds["modelopt+optimize"] = time.perf_counter() - t
-    t = time.perf_counter()
-    optimize_file(paths["modelopt"], paths["modelopt+optimize --calib"], OptimizeConfig(), calib_dir=calib,
-                  size=size, batch_size=cfg.batch, calib_batches=max(1, cfg.ptq_images // cfg.batch))
-    seconds["modelopt+optimize --calib"] = time.perf_counter() - t
+    for name, scope in (("modelopt+optimize --calib", "groups"), ("modelopt+optimize --calib --recalibrate all", "all")):
+        t = time.perf_counter()
+        optimize_file(paths["modelopt"], paths[name], OptimizeConfig(recalibrate=scope), calib_dir=calib,
+                      size=size, batch_size=cfg.batch, calib_batches=max(1, cfg.ptq_images // cfg.batch))
+        seconds[name] = time.perf_counter() - t
     ptq = d / "ptq.pt"
     seconds["trtqat"] = _trtqat("quantize", src["ckpt"], "--repo", src["repo"], "--calib", calib, "--size", size,
                                 "--batch-size", cfg.batch, "--calib-batches", max(1, cfg.ptq_images // cfg.batch),

@@ -29,7 +29,8 @@ def imported_modules(code: str) -> set[str]:
                                     "trtqat.calib.amax", "trtqat.calib.histogram", "trtqat.calib.ort_collect",
                                     "trtqat.optimize", "trtqat.graph.retie", "trtqat.graph.insert_qdq",
                                     "trtqat.graph.normalize_qdq", "trtqat.graph.strip_qdq",
-                                    "trtqat.graph.family_detect", "trtqat.cli.optimize"])
+                                    "trtqat.graph.family_detect", "trtqat.graph.float_head",
+                                    "trtqat.cli.optimize"])
 def test_light_modules_import_no_heavy_dependency(module):
     assert not imported_modules(f"import {module}") & HEAVY
 

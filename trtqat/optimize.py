@@ -5,7 +5,8 @@ trtqat checkpoint. The steps, in order (each a module of its own):
 
 1. read and normalise (:mod:`trtqat.graph.normalize_qdq`: no-op Casts, Identity/Constant scales,
    duplicate Q/DQ), refuse what TensorRT's parser would refuse (:mod:`trtqat.graph.parser_checks`);
-2. pick the rules (``--rules FILE`` or the family found in the graph, :mod:`trtqat.graph.family_detect`);
+2. pick the rules (``--rules FILE`` or the family found in the graph, :mod:`trtqat.graph.family_detect`),
+   and keep the detect head's output convs float as they say (:mod:`trtqat.graph.float_head`);
 3. insert the Q/DQ the rules call for (:mod:`trtqat.graph.insert_qdq`) when a scale is known for them
    or data is given; list the others;
 4. tie every scale-sharing group (:mod:`trtqat.graph.scale_groups`, :mod:`trtqat.graph.retie`), from the
@@ -30,12 +31,13 @@ import onnx_graphsurgeon as gs
 from .calib.amax import METHODS, balanced_mse_amax, histogram_amax
 from .errors import InputError, UsageError, VerificationError
 from .graph.family_detect import family_from_graph
+from .graph.float_head import HeadConv, float_head_outputs
 from .graph.insert_qdq import Insertion, apply_insertions, plan_insertions
 from .graph.lint import lint_model
 from .graph.normalize_qdq import NormalizeReport, normalize_qdq
 from .graph.parser_checks import check_parser
 from .graph.policy import load_policy_file, policy_file
-from .graph.qdq import graph_from_model, qdq_nodes
+from .graph.qdq import graph_from_model, is_q, is_weight_qdq, qdq_nodes
 from .graph.retie import TiedGroup, group_tensors, tie_scales
 from .graph.scale_groups import ScaleSet, find_scale_sets
 
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: lint summary fields shown before/after (missing ones are shown as None)
 LINT_FIELDS = ("standalone_qdq", "int8_share", "int8_share_macs", "precision_boundaries")
+
+#: what ``--calib`` derives again: the tied groups only (the input's other scales are kept, and a group's
+#: scale is floored at its members' smallest), or every activation scale (the input's calibration is
+#: replaced as ``trtqat quantize`` would calibrate; weights are kept)
+RECALIBRATE = ("groups", "all")
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,14 @@ class OptimizeConfig:
     method: str = "mse"
     percentile: float = 99.99
     trt_version: str = "10"
+    recalibrate: str = "groups"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise UsageError(f"--method {self.method!r} is not supported", f"Choose one of {', '.join(METHODS)}")
+        if self.recalibrate not in RECALIBRATE:
+            raise UsageError(f"--recalibrate {self.recalibrate!r} is not supported",
+                             f"Choose one of {', '.join(RECALIBRATE)}")
         if not 0 < self.percentile <= 100:
             raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
 
@@ -70,7 +81,9 @@ class OptimizeReport:
     policy: tuple[str, ...] = ()
     calibrated: bool = False
     method: str = ""
+    recalibrate: str = ""  # "groups" | "all" with --calib, "" without
     normalize: NormalizeReport = field(default_factory=NormalizeReport)
+    head: list[HeadConv] = field(default_factory=list)
     groups: list[TiedGroup] = field(default_factory=list)
     inserted: list[Insertion] = field(default_factory=list)
     suggested: list[Insertion] = field(default_factory=list)
@@ -81,7 +94,8 @@ class OptimizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "policy": list(self.policy), "calibrated": self.calibrated,
-                "method": self.method, "normalize": self.normalize.to_dict(),
+                "method": self.method, "recalibrate": self.recalibrate, "normalize": self.normalize.to_dict(),
+                "head": [h.to_dict() for h in self.head],
                 "groups": [g.to_dict() for g in self.groups],
                 "groups_changed": sum(g.changed for g in self.groups),
                 "inserted": [i.to_dict() for i in self.inserted], "suggested": [i.to_dict() for i in self.suggested],
@@ -115,7 +129,8 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     Raises:
         InputError: no Q/DQ in the model, or Q/DQ TensorRT's parser would refuse.
     """
-    report = OptimizeReport(method=cfg.method if calib is not None else "max-scale", calibrated=calib is not None)
+    report = OptimizeReport(method=cfg.method if calib is not None else "max-scale", calibrated=calib is not None,
+                            recalibrate=cfg.recalibrate if calib is not None else "")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - dtypes help the Cast check; without them Casts are kept
@@ -130,6 +145,7 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     report.family = cfg.family or family_from_graph(graph)
     policy = load_policy_file(policy_file(report.family, cfg.rules_file))
     report.policy = policy.sources
+    report.head = float_head_outputs(graph, policy)
     planned = plan_insertions(graph, policy)
     report.inserted = [i for i in planned if not i.needs_data or calib is not None]
     report.suggested = [i for i in planned if i.needs_data and calib is None]
@@ -140,15 +156,25 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     alone = [name for name in fresh if not any(name in s.q_nodes for s in sets)]
     sets += tuple(ScaleSet(q_nodes=(name,), tensors=(), ops=(fresh[name].node,), rules=(fresh[name].rule,))
                   for name in alone)
-    amax = None
+    amax, floor_exempt = None, frozenset(fresh)
     if calib is not None:
+        if cfg.recalibrate == "all":
+            sets += _ungrouped_activation_qs(graph, sets)
+            floor_exempt = frozenset(q for s in sets for q in s.q_nodes)
         amax = _calibrate(graph, sets, calib, cfg, progress)
-    report.groups = tie_scales(graph, sets, amax, cfg.method, unscaled=frozenset(fresh))
+    report.groups = tie_scales(graph, sets, amax, cfg.method, floor_exempt=floor_exempt)
     graph.cleanup().toposort()
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version
     del out.graph.value_info[:]
     return out, report
+
+
+def _ungrouped_activation_qs(graph: gs.Graph, sets: tuple[ScaleSet, ...]) -> tuple[ScaleSet, ...]:
+    """One set per activation Q in no group (``--recalibrate all``); weight Qs keep their scales."""
+    grouped = {q for s in sets for q in s.q_nodes}
+    return tuple(ScaleSet(q_nodes=(n.name,), tensors=(), ops=(n.name,), rules=("recalibrate",))
+                 for n in graph.nodes if is_q(n) and n.name not in grouped and not is_weight_qdq(n))
 
 
 def _calibrate(graph: gs.Graph, sets, batches: Iterable[np.ndarray], cfg: OptimizeConfig,

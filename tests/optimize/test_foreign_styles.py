@@ -149,3 +149,43 @@ def test_calibrated_tie_never_clips_more_than_the_input_did(family_onnx):
     floored = [g for g in mse.groups if g.source == "calib:mse, floored"]
     assert floored and all(g.scale == pytest.approx(min(g.scales_before), rel=1e-6) for g in floored)
     assert any(g.source == "calib:mse" for g in mse.groups)  # data still decides where it clips no more
+
+
+def test_recalibrate_all_derives_every_activation_scale(family_onnx):
+    """``--recalibrate all``: every activation Q, grouped or not, takes the calibrated scale (max here: the
+    largest max |x| of its tensors, measured independently), with no floor; weight scales are kept."""
+    from trtqat.graph.qdq import is_weight_qdq, producer_map
+    from trtqat.graph.retie import input_tensor
+
+    model = styled(family_onnx, "yolov5", "modelopt-torch")
+    out, report = optimize_model(model, OptimizeConfig(method="max", recalibrate="all"), calib=noise_batches())
+    assert report.recalibrate == "all" and report.to_dict()["recalibrate"] == "all"
+    amax = family_onnx("yolov5")["amax"]
+    graph = graph_from_model(out)
+    prod = producer_map(graph)
+    acts = [n for n in graph.nodes if is_q(n) and not is_weight_qdq(n)]
+    covered = [q for g in report.groups for q in g.q_nodes]
+    assert sorted(covered) == sorted(n.name for n in acts)  # each activation Q in exactly one group
+    singles = [g for g in report.groups if g.rules == ("recalibrate",)]
+    assert len(singles) > 5 and all(len(g.q_nodes) == 1 for g in singles)
+    nodes = {n.name: n for n in graph.nodes}
+    for g in report.groups:
+        expected = max(amax[input_tensor(nodes[q], prod)] for q in g.q_nodes) / 127.0
+        assert g.scale == pytest.approx(expected, rel=1e-6) and g.source == "calib:max"
+        assert all(float(read_qparams(nodes[q]).scale) == pytest.approx(expected, rel=1e-6) for q in g.q_nodes)
+    weights = {n.name: read_qparams(n).scale for n in graph_from_model(model).nodes if is_q(n) and is_weight_qdq(n)}
+    after = {n.name: read_qparams(n).scale for n in graph.nodes if n.name in weights}
+    floated = sum(h.floated for h in report.head)  # the head output convs the rules keep float lose theirs
+    assert weights and after.keys() <= weights.keys() and len(after) == len(weights) - floated
+    assert all(np.array_equal(v, weights[k]) for k, v in after.items())
+    # MSE clips this max-calibrated input; with every scale derived again nothing is floored at IN's scales
+    _, mse = optimize_model(model, OptimizeConfig(method="mse", recalibrate="all"), calib=noise_batches())
+    assert all(g.source == "calib:mse" for g in mse.groups)
+    assert sum(g.scale < min(g.scales_before) * 0.999 for g in mse.groups) > len(mse.groups) // 2
+
+
+def test_recalibrate_is_checked(family_onnx):
+    from trtqat.errors import UsageError
+
+    with pytest.raises(UsageError, match="--recalibrate"):
+        OptimizeConfig(recalibrate="everything")

@@ -48,6 +48,13 @@ def test_table_and_calib(qdq_and_float, tmp_path, calib_images):
     assert res.exit_code == 0, res.output
     for text in ("trtqat lint, before / after", "recalibrated: percentile", "outputs, OUT vs IN", "onnx.checker passed"):
         assert text in res.output
+    assert "--recalibrate all" not in res.output
+    res = _run(src, "--save", tmp_path / "all.onnx", "--calib", calib_images, "--recalibrate", "all", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["recalibrate"] == "all" and any(g["rules"] == ["recalibrate"] for g in data["groups"])
+    res = _run(src, "--save", tmp_path / "all.onnx", "--calib", calib_images, "--recalibrate", "all")
+    assert "other activation scales derived again (mse)" in res.output, res.output
 
 
 def _zero_point_model(path):

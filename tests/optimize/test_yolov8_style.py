@@ -39,12 +39,13 @@ def _rel_error(model, reference, batch):
 
 
 @pytest.mark.parametrize("style", ["modelopt-onnx", "modelopt-onnx-fp16", "modelopt-torch"])
-@pytest.mark.parametrize("calib", [False, True])
+@pytest.mark.parametrize("calib", [None, "groups", "all"])  # no data, --calib, --calib --recalibrate all
 def test_yolov8_style_only_input_quantize(yolov8, style, calib):
     model = _styled(yolov8, style)
     before = lint_model(model).summary["standalone_qdq"]
     assert before > 1
-    out, report = optimize_model(model, OptimizeConfig(), calib=noise_batches() if calib else None)
+    out, report = optimize_model(model, OptimizeConfig(recalibrate=calib or "groups"),
+                                 calib=noise_batches() if calib else None)
     onnx.checker.check_model(out)
     assert report.family == "yolov8" and report.policy[-1].endswith("default.yaml")
     assert lint_model(out).summary["standalone_qdq"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .options import json_option
 from .output import emit_json, print_table, say
@@ -22,25 +23,32 @@ from .output import emit_json, print_table, say
 @click.option("--method", type=click.Choice(["mse", "entropy", "percentile", "max"]), default="mse",
               show_default=True, help="Amax method with --calib (the same as trtqat quantize).")
 @click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--recalibrate", type=click.Choice(["groups", "all"]), default="groups", show_default=True,
+              help="With --calib: the tied groups only (the input's other scales kept), or every activation "
+                   "scale (for a max-calibrated input such as ModelOpt's torch default; weights kept).")
 @click.option("--trt-version", type=click.Choice(["8.6", "10", "11"]), default="10", show_default=True,
               help="TensorRT version lint simulates for the before/after table.")
 @json_option
 def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, batch_size: int,
-             calib_batches: int, rules_file: Path | None, method: str, percentile: float, trt_version: str,
-             as_json: bool) -> None:
+             calib_batches: int, rules_file: Path | None, method: str, percentile: float, recalibrate: str,
+             trt_version: str, as_json: bool) -> None:
     """Tie the scales of MODEL's Q/DQ the way TensorRT fuses them; write --save, then check it.
 
     \b
     Reads any Q/DQ ONNX (trtqat, ModelOpt ONNX PTQ incl. FP16, torch.onnx.export of pytorch-quantization or
-    ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), ties every
+    ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), makes the detect
+    head's output convs float where that costs no standalone Q/DQ (as the rules keep them), ties every
     scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, never below the group's
-    smallest scale: pass --method max for a max-calibrated input), inserts Q/DQ the rules
-    call for (without --calib only where an existing scale applies; others are listed), then runs
-    onnx.checker, onnxruntime (IN vs OUT per output) and trtqat lint before and after.
+    smallest scale), inserts Q/DQ the rules call for (without --calib only where an existing scale
+    applies; others are listed), then runs onnx.checker, onnxruntime (IN vs OUT per output) and trtqat
+    lint before and after. --calib --recalibrate all derives every activation scale again (no floor):
+    for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned scales.
     \b
-    JSON (--json): family, policy, calibrated, method, normalize {noop_casts_removed, qparams_folded,
-      duplicate_q_merged, duplicate_dq_merged}, groups [{q_nodes, rules, ops, scales_before, scale, source,
-      changed}], groups_changed, inserted/suggested [{rule, kind, node, tensor, sibling_q, needs_data}],
+    JSON (--json): family, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
+      qparams_folded, duplicate_q_merged, duplicate_dq_merged}, head [{node, tensor, floated, reason}],
+      groups [{q_nodes, rules, ops, scales_before, scale, source, changed}] (rules ["recalibrate"]: an
+      ungrouped Q, --recalibrate all), groups_changed,
+      inserted/suggested [{rule, kind, node, tensor, sibling_q, needs_data}],
       lint {before, after: {standalone_qdq, int8_share, int8_share_macs, precision_boundaries}},
       outputs {name: {cosine, max_abs_error, max_abs}}, checker
     Exit codes: 0 ok; 1 a failed check; 2 bad input (unreadable ONNX, no Q/DQ, Q/DQ TensorRT would refuse).
@@ -48,7 +56,8 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     from ..optimize import OptimizeConfig, optimize_file
     from .options import progress_bar
 
-    cfg = OptimizeConfig(rules_file=rules_file, method=method, percentile=percentile, trt_version=trt_version)
+    cfg = OptimizeConfig(rules_file=rules_file, method=method, percentile=percentile, trt_version=trt_version,
+                        recalibrate=recalibrate)
     bar, advance, total = progress_bar("collecting activations (onnxruntime)")
     with bar:
         report = optimize_file(model, save, cfg, calib_dir=calib_dir, size=size, batch_size=batch_size,
@@ -64,12 +73,21 @@ def _print(r, save: Path) -> None:
     say(f"family {r.family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
         f"Casts removed, {n.qparams_folded} scale/zero-point producers folded, {n.duplicate_q_merged} duplicate Q "
         f"and {n.duplicate_dq_merged} duplicate DQ merged")
-    changed = [g for g in r.groups if g.changed]
-    print_table(f"scale groups tied ({len(changed)} changed of {len(r.groups)}; "
+    if r.head:
+        print_table("detect output convs (the rules keep them float: ignore_detect_outputs)", ["conv", "status"],
+                    [(h.node, "made float" if h.floated else h.reason) for h in r.head])
+    singles = [g for g in r.groups if g.rules == ("recalibrate",)]  # --recalibrate all: Qs in no group
+    groups = [g for g in r.groups if g.rules != ("recalibrate",)]
+    changed = [g for g in groups if g.changed]
+    print_table(f"scale groups tied ({len(changed)} changed of {len(groups)}; "
                 f"{'recalibrated: ' + r.method if r.calibrated else 'largest member scale'})",
                 ["#", "rules", "Q nodes", "scales before", "scale"],
                 [(i, " ".join(g.rules), len(g.q_nodes), f"{min(g.scales_before):.4g}..{max(g.scales_before):.4g}",
                   f"{g.scale:.4g}") for i, g in enumerate(changed, 1)], justify=["right", "left", "right", "left", "left"])
+    if singles:
+        ratios = [g.scale / g.scales_before[0] for g in singles if g.scales_before[0] > 0]
+        say(f"--recalibrate all: {len(singles)} other activation scales derived again ({r.method}); new/old scale "
+            f"{min(ratios):.3g}..{max(ratios):.3g}, median {float(np.median(ratios)):.3g}")
     if r.inserted or r.suggested:
         print_table("Q/DQ the rules call for", ["rule", "where", "tensor", "status"],
                     [(i.rule, i.node, i.tensor, "inserted" + (f" (scale of {i.sibling_q})" if i.sibling_q else ""))

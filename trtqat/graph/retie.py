@@ -12,8 +12,10 @@ from the members' histograms (:mod:`trtqat.calib`; MSE balances the members' rel
 below the smallest scale a member already had (``floor``): the tie may clip as much as the input's
 most-clipping member did, not more. Why: the input was calibrated as a whole, by a method of its own; a
 max-calibrated network whose groups alone were re-derived by MSE clipped where nothing around them did,
-and lost 0.57 mAP points on the trained YOLOv7; floored, 0.21 (max groups: 0.13; README). A Q keeps its
-scale dtype (FP16 scales stay FP16).
+and lost 0.57 mAP points on the trained YOLOv7; floored, 0.21 (max groups: 0.13; measured before
+``optimize`` made the detect head float, README). Under ``--recalibrate all`` every Q is ``floor_exempt``:
+the input's calibration is replaced, so it sets no floor. A Q keeps its scale dtype (FP16 scales stay
+FP16).
 """
 from __future__ import annotations
 
@@ -66,14 +68,15 @@ def input_tensor(q: gs.Node, prod: Mapping[str, gs.Node]) -> str:
 
 
 def tie_scales(graph: gs.Graph, sets: tuple[ScaleSet, ...], amax: Mapping[int, float] | None = None,
-               method: str = "", unscaled: frozenset[str] = frozenset()) -> list[TiedGroup]:
+               method: str = "", floor_exempt: frozenset[str] = frozenset()) -> list[TiedGroup]:
     """Write one scale per set into its Q nodes and their DQ readers (in place).
 
     Args:
         sets: the scale sets (their ``q_nodes`` are node names).
         amax: set index -> calibrated amax; sets without an entry take their largest scale.
         method: the calibration method named in each group's ``source``.
-        unscaled: Q nodes whose scale is a placeholder (inserted, waiting for data): not a floor.
+        floor_exempt: Q nodes whose scale sets no floor: placeholders of inserted Qs (waiting for data),
+            or every Q when the whole input is recalibrated.
     """
     nodes = {n.name: n for n in graph.nodes}
     cons = consumer_map(graph)
@@ -86,7 +89,7 @@ def tie_scales(graph: gs.Graph, sets: tuple[ScaleSet, ...], amax: Mapping[int, f
         before = tuple(scale_of(q) for q in qs)
         if amax is not None and k in amax and amax[k] and amax[k] > 0:
             value, source = float(amax[k]) / BOUND, f"calib:{method}"
-            floor = min((b for q, b in zip(qs, before) if q.name not in unscaled), default=0.0)
+            floor = min((b for q, b in zip(qs, before) if q.name not in floor_exempt), default=0.0)
             if value < floor:
                 value, source = floor, f"calib:{method}, floored"
         else:

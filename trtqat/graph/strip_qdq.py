@@ -26,21 +26,28 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
         y = dq.outputs[0]
         if id(y) in outputs:
             continue  # the output keeps its name; a DQ on a graph output stays
-        src = dq.inputs[0]
-        q = src.inputs[0] if len(src.inputs) == 1 and is_q(src.inputs[0]) else None
-        if q is not None:
-            replacement = q.inputs[0]
-            w = constant_value(replacement, through_identity=True)
-            if w is not None and not isinstance(replacement, gs.Constant):
-                replacement = gs.Constant(f"{replacement.name}_float", np.asarray(w))
-        else:
-            w = constant_value(src, through_identity=True)
-            if w is None:
-                continue  # a DQ of a run-time integer tensor: nothing to bypass
-            replacement = gs.Constant(f"{y.name}_float", _dequantize(dq, w))
-        replace_uses(graph, y, replacement)
+        replacement = float_source(dq)
+        if replacement is not None:
+            replace_uses(graph, y, replacement)
     graph.cleanup().toposort()
     return gs.export_onnx(graph, do_type_check=False)
+
+
+def float_source(dq: gs.Node) -> gs.Tensor | None:
+    """The float tensor ``dq`` stands for: the input of its Q (a constant weight becomes a
+    :class:`gs.Constant`), or the dequantized value of a constant integer input (weights stored as int8
+    initializers, as ModelOpt writes them: ``(w - zero_point) * scale``); ``None`` for a DQ of a run-time
+    integer tensor."""
+    src = dq.inputs[0]
+    q = src.inputs[0] if len(src.inputs) == 1 and is_q(src.inputs[0]) else None
+    if q is not None:
+        replacement = q.inputs[0]
+        w = constant_value(replacement, through_identity=True)
+        if w is not None and not isinstance(replacement, gs.Constant):
+            replacement = gs.Constant(f"{replacement.name}_float", np.asarray(w))
+        return replacement
+    w = constant_value(src, through_identity=True)
+    return None if w is None else gs.Constant(f"{dq.outputs[0].name}_float", _dequantize(dq, w))
 
 
 def _dequantize(dq: gs.Node, w: np.ndarray) -> np.ndarray:

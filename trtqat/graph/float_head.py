@@ -1,0 +1,81 @@
+"""Keep the detect head's output convs float in any Q/DQ ONNX, as trtqat's rules do (pure ONNX).
+
+Why: trtqat's policies keep the convs that write the box and score logits float (``ignore_detect_outputs``,
+rules/default.yaml): their outputs are the network's answer, the int8 rounding of their input and weights
+lands on it unfiltered, and they are about 1 % of the MACs. Exporters that quantize every conv (ModelOpt's
+ONNX PTQ and torch paths: 100 % of MACs INT8) quantize them too. On the trained YOLOv7 in the ModelOpt
+torch style (max calibration) that alone cost 3.5 mAP points: with these three convs float the same model
+read 55.4, level with float (README, optimize accuracy).
+
+Which convs: the head outputs, found from the structure, not from names: a Conv with a quantized input
+from which no other Conv/Gemm/MatMul and no Quantize is reachable (only decoding follows). One is made
+float only where that costs no standalone Q/DQ: its input's Quantize serves it alone. A head conv whose
+input tensor a quantized layer reads as well keeps its INT8 input and weights (a float reader there
+leaves a standalone Quantize; it is the yolov5 policy's TQ007 ``quantize-input`` placement) and is listed
+as kept. ``ignore_detect_outputs: false`` in a rules file turns this off.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import onnx_graphsurgeon as gs
+
+from .normalize_qdq import is_activation_q
+from .policy import Policy
+from .qdq import consumer_map, dq_input_of, is_q
+from .strip_qdq import float_source
+
+#: ops whose presence downstream means a conv is not a head output (learned layers)
+LEARNED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class HeadConv:
+    """A detect output conv that had a quantized input: made float, or kept INT8 and why."""
+
+    node: str
+    tensor: str  # the float tensor its input Quantize read
+    floated: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "tensor": self.tensor, "floated": self.floated, "reason": self.reason}
+
+
+def head_output_convs(graph: gs.Graph) -> list[gs.Node]:
+    """Convs with a quantized input from which no learned layer and no Quantize is reachable."""
+    cons = consumer_map(graph)
+    graph.toposort()
+    feeds_more: dict[int, bool] = {}  # node id -> a learned layer or a Quantize is reachable from its outputs
+    for node in reversed(graph.nodes):
+        readers = [r for t in node.outputs for r in cons.get(t.name, [])]
+        feeds_more[id(node)] = any(is_q(r) or r.op in LEARNED_OPS or feeds_more.get(id(r), False) for r in readers)
+    return [n for n in graph.nodes if n.op == "Conv" and dq_input_of(n, 0) is not None and not feeds_more[id(n)]]
+
+
+def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
+    """Make the head output convs float where it costs no standalone Q/DQ (in place); see the module doc."""
+    if not policy.ignore_detect_outputs:
+        return []
+    out: list[HeadConv] = []
+    for conv in head_output_convs(graph):
+        cons = consumer_map(graph)
+        dq = dq_input_of(conv, 0)
+        q = dq.inputs[0].inputs[0] if len(dq.inputs[0].inputs) == 1 and is_q(dq.inputs[0].inputs[0]) else None
+        if q is None:
+            continue  # an integer input from elsewhere: not a Q/DQ pair to remove
+        x = q.inputs[0]
+        shared = [r.name for r in cons.get(dq.outputs[0].name, []) if r is not conv]
+        shared += [r.name for r in cons.get(x.name, []) if r is not q and is_activation_q(r)]
+        if shared:
+            out.append(HeadConv(conv.name, x.name, False, f"input shared with quantized {shared[0]}: kept INT8"))
+            continue
+        conv.inputs[0] = x
+        wdq = dq_input_of(conv, 1)
+        w = float_source(wdq) if wdq is not None else None
+        if w is not None:
+            conv.inputs[1] = w
+        out.append(HeadConv(conv.name, x.name, True, "detect output conv (ignore_detect_outputs)"))
+    graph.cleanup()
+    return out
