@@ -51,10 +51,13 @@ LINT_FIELDS = ("standalone_qdq", "int8_share", "int8_share_macs", "precision_bou
 #: replaced as ``trtqat quantize`` would calibrate; weights are kept)
 RECALIBRATE = ("groups", "all")
 
+#: the ``rules`` of a one-Q set made for an activation Q in no group (``--recalibrate all``)
+ALONE = ("recalibrate",)
+
 
 @dataclass(frozen=True)
 class OptimizeConfig:
-    """``--rules --family --method --percentile --trt-version``."""
+    """``--rules --family --method --percentile --trt-version --recalibrate``."""
 
     rules_file: Path | None = None
     family: str | None = None
@@ -97,7 +100,8 @@ class OptimizeReport:
                 "method": self.method, "recalibrate": self.recalibrate, "normalize": self.normalize.to_dict(),
                 "head": [h.to_dict() for h in self.head],
                 "groups": [g.to_dict() for g in self.groups],
-                "groups_changed": sum(g.changed for g in self.groups),
+                "groups_changed": sum(g.changed for g in self.groups if g.rules != ALONE),
+                "recalibrated_alone": sum(g.rules == ALONE for g in self.groups),
                 "inserted": [i.to_dict() for i in self.inserted], "suggested": [i.to_dict() for i in self.suggested],
                 "lint": {"before": self.lint_before, "after": self.lint_after}, "outputs": self.outputs,
                 "checker": self.checker}
@@ -120,15 +124,20 @@ def _refuse_parser_errors(graph: gs.Graph, label: str) -> None:
 def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(), *,
                    calib: Iterable[np.ndarray] | None = None, label: str = "model",
                    progress: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, OptimizeReport]:
-    """Normalise, insert and tie the Q/DQ of ``model``; returns the new model and what was done.
+    """Normalise, float the detect head outputs, insert and tie the Q/DQ of ``model``; returns the new model
+    and what was done.
 
     Args:
         calib: float32 image batches (N x 3 x H x W); with them inserted Q/DQ without a known scale are
-            added and every group is recalibrated through onnxruntime; without them groups take their
-            largest scale and such insertions are only suggested.
+            added and every group (with ``cfg.recalibrate == "all"`` every activation Q) is recalibrated
+            through onnxruntime; without them groups take their largest scale and such insertions are only
+            suggested.
     Raises:
         InputError: no Q/DQ in the model, or Q/DQ TensorRT's parser would refuse.
+        UsageError: ``recalibrate="all"`` without ``calib``.
     """
+    if cfg.recalibrate == "all" and calib is None:
+        raise UsageError("--recalibrate all needs data", "Pass --calib DIR with a folder of images")
     report = OptimizeReport(method=cfg.method if calib is not None else "max-scale", calibrated=calib is not None,
                             recalibrate=cfg.recalibrate if calib is not None else "")
     try:
@@ -173,7 +182,7 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
 def _ungrouped_activation_qs(graph: gs.Graph, sets: tuple[ScaleSet, ...]) -> tuple[ScaleSet, ...]:
     """One set per activation Q in no group (``--recalibrate all``); weight Qs keep their scales."""
     grouped = {q for s in sets for q in s.q_nodes}
-    return tuple(ScaleSet(q_nodes=(n.name,), tensors=(), ops=(n.name,), rules=("recalibrate",))
+    return tuple(ScaleSet(q_nodes=(n.name,), tensors=(), ops=(), rules=ALONE)
                  for n in graph.nodes if is_q(n) and n.name not in grouped and not is_weight_qdq(n))
 
 

@@ -92,3 +92,64 @@ def test_float_source_dequantizes_int8_weights(dtype):
     src = float_source(dq)
     expected = w.astype(np.float64) * scale.reshape(4, 1, 1, 1).astype(np.float64)
     assert src.values.dtype == dtype and np.array_equal(src.values, expected.astype(dtype))
+
+
+def _qdq(graph: gs.Graph, x: gs.Tensor, name: str, scale: float = 0.05) -> gs.Variable:
+    s, z = gs.Constant(f"{name}_s", np.array(scale, np.float32)), gs.Constant(f"{name}_z", np.array(0, np.int8))
+    q, y = gs.Variable(f"{name}_q", dtype=np.int8), gs.Variable(f"{name}_dq", dtype=np.float32)
+    graph.nodes += [gs.Node("QuantizeLinear", f"{name}_Q", inputs=[x, s, z], outputs=[q]),
+                    gs.Node("DequantizeLinear", f"{name}_DQ", inputs=[q, s, z], outputs=[y])]
+    return y
+
+
+def _qconv(graph: gs.Graph, x: gs.Tensor, name: str) -> gs.Variable:
+    """A 1x1 conv with per-tensor Q/DQ on its input and weights."""
+    w = gs.Constant(f"{name}_w", np.random.default_rng(0).normal(size=(4, 4, 1, 1)).astype(np.float32))
+    y = gs.Variable(f"{name}_out", dtype=np.float32)
+    graph.nodes.append(gs.Node("Conv", name, inputs=[_qdq(graph, x, f"{name}_in"), _qdq(graph, w, f"{name}_wq", 0.01)],
+                               outputs=[y]))
+    return y
+
+
+@pytest.mark.parametrize("concat_inputs_int8", [True, False])
+def test_head_conv_behind_an_int8_concat_stays_int8(concat_inputs_int8):
+    """TensorRT moves DQs forward through a Concat whose inputs are all DQs: a head conv reading it would
+    still read INT8 with float weights, so it keeps its Q/DQ; behind a float Concat it is made float."""
+    x = gs.Variable("images", dtype=np.float32, shape=[1, 4, 8, 8])
+    graph = gs.Graph(inputs=[x], opset=13)
+    a, b = _qconv(graph, x, "c1"), _qconv(graph, x, "c2")
+    if concat_inputs_int8:
+        a, b = _qdq(graph, a, "cat_a"), _qdq(graph, b, "cat_b")
+    cat = gs.Variable("cat", dtype=np.float32)
+    graph.nodes.append(gs.Node("Concat", "cat", attrs={"axis": 1}, inputs=[a, b], outputs=[cat]))
+    half = gs.Variable("half", dtype=np.float32)
+    graph.nodes.append(gs.Node("Slice", "half", inputs=[cat, gs.Constant("st", np.array([0], np.int64)),
+                                                         gs.Constant("en", np.array([4], np.int64)),
+                                                         gs.Constant("ax", np.array([1], np.int64))], outputs=[half]))
+    graph.outputs = [_qconv(graph, half, "head")]
+    graph.outputs[0].shape = [1, 4, 8, 8]
+    graph.toposort()
+    model = gs.export_onnx(graph)
+    assert [c.name for c in head_output_convs(graph_from_model(model))] == ["head"]
+    _, report = optimize_model(model, OptimizeConfig(family="yolov7"))
+    (head,) = report.head
+    assert head.floated is not concat_inputs_int8
+    assert ("INT8 through" in head.reason) is concat_inputs_int8
+
+
+def test_head_convs_sharing_one_quantize_are_made_float_together():
+    """Only head convs read the Q/DQ: no quantized layer is left reading it, so all of them go float."""
+    x = gs.Variable("images", dtype=np.float32, shape=[1, 4, 8, 8])
+    graph = gs.Graph(inputs=[x], opset=13)
+    t = _qconv(graph, x, "body")
+    shared = _qdq(graph, t, "shared")
+    outs = []
+    for k in range(2):
+        w = gs.Constant(f"h{k}_w", np.ones((4, 4, 1, 1), np.float32))
+        y = gs.Variable(f"h{k}_out", dtype=np.float32, shape=[1, 4, 8, 8])
+        graph.nodes.append(gs.Node("Conv", f"h{k}", inputs=[shared, _qdq(graph, w, f"h{k}_wq", 0.01)], outputs=[y]))
+        outs.append(y)
+    graph.outputs = outs
+    graph.toposort()
+    _, report = optimize_model(gs.export_onnx(graph), OptimizeConfig(family="yolov7"))
+    assert [(h.node, h.floated) for h in report.head] == [("h0", True), ("h1", True)]

@@ -110,10 +110,14 @@ def test_pytorch_quantization_default_converts_the_yolov5_detect_fanouts(family_
 def test_fp16_scales_stay_fp16(family_onnx):
     model = styled(family_onnx, "yolov5", "modelopt-onnx-fp16")
     assert model.opset_import[0].version >= 19
-    out, _ = optimize_model(model, OptimizeConfig())
+    out, report = optimize_model(model, OptimizeConfig())
     graph = graph_from_model(out)
     dtypes = {np.asarray(n.inputs[1].values).dtype for n in graph.nodes if is_q(n)}
     assert dtypes == {np.dtype(np.float16)}
+    # the detect conv made float (model.24.m.2) keeps FP16 weights in the FP16 graph
+    (head,) = [h for h in report.head if h.floated]
+    conv = next(n for n in graph.nodes if n.name == head.node)
+    assert conv.inputs[0].name == head.tensor and np.asarray(conv.inputs[1].values).dtype == np.float16
 
 
 def test_calib_recalibrates_every_group_through_onnxruntime(family_onnx):
@@ -184,7 +188,7 @@ def test_recalibrate_all_derives_every_activation_scale(family_onnx):
     assert sum(g.scale < min(g.scales_before) * 0.999 for g in mse.groups) > len(mse.groups) // 2
 
 
-def test_recalibrate_is_checked(family_onnx):
+def test_recalibrate_is_checked():
     from trtqat.errors import UsageError
 
     with pytest.raises(UsageError, match="--recalibrate"):

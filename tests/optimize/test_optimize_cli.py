@@ -53,6 +53,8 @@ def test_table_and_calib(qdq_and_float, tmp_path, calib_images):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["recalibrate"] == "all" and any(g["rules"] == ["recalibrate"] for g in data["groups"])
+    assert data["recalibrated_alone"] == sum(g["rules"] == ["recalibrate"] for g in data["groups"]) > 0
+    assert data["groups_changed"] == sum(g["changed"] for g in data["groups"] if g["rules"] != ["recalibrate"])
     res = _run(src, "--save", tmp_path / "all.onnx", "--calib", calib_images, "--recalibrate", "all")
     assert "other activation scales derived again (mse)" in res.output, res.output
 
@@ -80,7 +82,8 @@ def test_one_line_errors(qdq_and_float, tmp_path):
              ((float_model, "--save", out), "has no QuantizeLinear/DequantizeLinear nodes"),
              ((refused, "--save", out), "TensorRT would refuse it: PARSE001"),
              ((src, "--save", out, "--calib", empty), "no image"),
-             ((src, "--save", out, "--method", "bogus"), "Invalid value")]
+             ((src, "--save", out, "--method", "bogus"), "Invalid value"),
+             ((src, "--save", out, "--recalibrate", "all"), "--recalibrate all needs data")]
     for args, text in cases:
         res = _run(*args)
         assert res.exit_code == 2, (args, res.output)

@@ -48,6 +48,8 @@ def test_yolov8_style_only_input_quantize(yolov8, style, calib):
                                  calib=noise_batches() if calib else None)
     onnx.checker.check_model(out)
     assert report.family == "yolov8" and report.policy[-1].endswith("default.yaml")
+    assert report.recalibrate == (calib or "") and report.head == []  # the exporter kept the head float
+    assert (calib == "all") == any(g.rules == ("recalibrate",) for g in report.groups)
     assert lint_model(out).summary["standalone_qdq"] == 1
     split_inputs = [i for i in report.inserted if i.kind == "align-input"]
     assert len(split_inputs) == 8 and {i.rule for i in split_inputs} == {"TQ004"}  # one per C2f Split

@@ -32,22 +32,22 @@ from .output import emit_json, print_table, say
 def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, batch_size: int,
              calib_batches: int, rules_file: Path | None, method: str, percentile: float, recalibrate: str,
              trt_version: str, as_json: bool) -> None:
-    """Tie the scales of MODEL's Q/DQ the way TensorRT fuses them; write --save, then check it.
+    """Make MODEL's Q/DQ TensorRT-friendly (head float, scales tied, Q/DQ added); write --save, check it.
 
     \b
     Reads any Q/DQ ONNX (trtqat, ModelOpt ONNX PTQ incl. FP16, torch.onnx.export of pytorch-quantization or
     ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), makes the detect
     head's output convs float where that costs no standalone Q/DQ (as the rules keep them), ties every
-    scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, never below the group's
-    smallest scale), inserts Q/DQ the rules call for (without --calib only where an existing scale
-    applies; others are listed), then runs onnx.checker, onnxruntime (IN vs OUT per output) and trtqat
-    lint before and after. --calib --recalibrate all derives every activation scale again (no floor):
+    scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, which by default never
+    goes below the group's smallest scale), inserts Q/DQ the rules call for (without --calib only where
+    an existing scale applies; others are listed), then runs onnx.checker, onnxruntime (IN vs OUT per
+    output) and trtqat lint before and after. --calib --recalibrate all derives every activation scale again (no floor):
     for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned scales.
     \b
     JSON (--json): family, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
       qparams_folded, duplicate_q_merged, duplicate_dq_merged}, head [{node, tensor, floated, reason}],
       groups [{q_nodes, rules, ops, scales_before, scale, source, changed}] (rules ["recalibrate"]: an
-      ungrouped Q, --recalibrate all), groups_changed,
+      ungrouped Q, --recalibrate all), groups_changed (tied groups only), recalibrated_alone,
       inserted/suggested [{rule, kind, node, tensor, sibling_q, needs_data}],
       lint {before, after: {standalone_qdq, int8_share, int8_share_macs, precision_boundaries}},
       outputs {name: {cosine, max_abs_error, max_abs}}, checker
@@ -76,8 +76,10 @@ def _print(r, save: Path) -> None:
     if r.head:
         print_table("detect output convs (the rules keep them float: ignore_detect_outputs)", ["conv", "status"],
                     [(h.node, "made float" if h.floated else h.reason) for h in r.head])
-    singles = [g for g in r.groups if g.rules == ("recalibrate",)]  # --recalibrate all: Qs in no group
-    groups = [g for g in r.groups if g.rules != ("recalibrate",)]
+    from ..optimize import ALONE
+
+    singles = [g for g in r.groups if g.rules == ALONE]  # --recalibrate all: Qs in no group
+    groups = [g for g in r.groups if g.rules != ALONE]
     changed = [g for g in groups if g.changed]
     print_table(f"scale groups tied ({len(changed)} changed of {len(groups)}; "
                 f"{'recalibrated: ' + r.method if r.calibrated else 'largest member scale'})",

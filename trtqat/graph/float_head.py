@@ -4,15 +4,19 @@ Why: trtqat's policies keep the convs that write the box and score logits float 
 rules/default.yaml): their outputs are the network's answer, the int8 rounding of their input and weights
 lands on it unfiltered, and they are about 1 % of the MACs. Exporters that quantize every conv (ModelOpt's
 ONNX PTQ and torch paths: 100 % of MACs INT8) quantize them too. On the trained YOLOv7 in the ModelOpt
-torch style (max calibration) that alone cost 3.5 mAP points: with these three convs float the same model
+torch style (max calibration) that alone cost 3.4 mAP points: with these three convs float the same model
 read 55.4, level with float (README, optimize accuracy).
 
 Which convs: the head outputs, found from the structure, not from names: a Conv with a quantized input
-from which no other Conv/Gemm/MatMul and no Quantize is reachable (only decoding follows). One is made
-float only where that costs no standalone Q/DQ: its input's Quantize serves it alone. A head conv whose
-input tensor a quantized layer reads as well keeps its INT8 input and weights (a float reader there
-leaves a standalone Quantize; it is the yolov5 policy's TQ007 ``quantize-input`` placement) and is listed
-as kept. ``ignore_detect_outputs: false`` in a rules file turns this off.
+from which no other Conv/ConvTranspose/Gemm/MatMul and no Quantize is reachable (only decoding follows).
+One is made float only where that costs no standalone Q/DQ and leaves it really float: its input's
+Quantize serves only head convs, and the tensor it quantizes is not INT8 anyway (a DQ that TensorRT
+would move forward through Concat, MaxPool or another data-movement op into the conv). A head conv whose
+input a quantized layer reads as well keeps its INT8 input and weights (a float reader there leaves a
+standalone Quantize; it is the yolov5 policy's TQ007 ``quantize-input`` placement) and is listed as kept,
+with the reason. ``ignore_detect_outputs: false`` in a rules file turns this off. A YOLOv8-style head
+whose box convs feed the DFL (a fixed Conv) keeps those convs as the exporter left them: the DFL counts as
+a learned layer after them (Ultralytics keeps the head float anyway).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from .normalize_qdq import is_activation_q
+from .optable import behaviour
 from .policy import Policy
-from .qdq import consumer_map, dq_input_of, is_q
+from .qdq import constant_value, consumer_map, dq_input_of, is_dq, is_q, producer_map
 from .strip_qdq import float_source
 
 #: ops whose presence downstream means a conv is not a head output (learned layers)
@@ -44,7 +49,9 @@ class HeadConv:
 
 
 def head_output_convs(graph: gs.Graph) -> list[gs.Node]:
-    """Convs with a quantized input from which no learned layer and no Quantize is reachable."""
+    """Convs with a quantized input from which no learned layer and no Quantize is reachable.
+
+    Sorts ``graph`` topologically in place (the reachability is one pass in reverse order)."""
     cons = consumer_map(graph)
     graph.toposort()
     feeds_more: dict[int, bool] = {}  # node id -> a learned layer or a Quantize is reachable from its outputs
@@ -58,24 +65,54 @@ def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
     """Make the head output convs float where it costs no standalone Q/DQ (in place); see the module doc."""
     if not policy.ignore_detect_outputs:
         return []
+    heads = head_output_convs(graph)
+    names = {c.name for c in heads}
+    cons, prod = consumer_map(graph), producer_map(graph)
     out: list[HeadConv] = []
-    for conv in head_output_convs(graph):
-        cons = consumer_map(graph)
+    for conv in heads:
         dq = dq_input_of(conv, 0)
         q = dq.inputs[0].inputs[0] if len(dq.inputs[0].inputs) == 1 and is_q(dq.inputs[0].inputs[0]) else None
         if q is None:
             continue  # an integer input from elsewhere: not a Q/DQ pair to remove
         x = q.inputs[0]
-        shared = [r.name for r in cons.get(dq.outputs[0].name, []) if r is not conv]
-        shared += [r.name for r in cons.get(x.name, []) if r is not q and is_activation_q(r)]
-        if shared:
-            out.append(HeadConv(conv.name, x.name, False, f"input shared with quantized {shared[0]}: kept INT8"))
+        reason = _kept_int8(conv, dq, q, x, names, cons, prod)
+        if reason:
+            out.append(HeadConv(conv.name, x.name, False, reason))
             continue
         conv.inputs[0] = x
         wdq = dq_input_of(conv, 1)
-        w = float_source(wdq) if wdq is not None else None
-        if w is not None:
-            conv.inputs[1] = w
+        if wdq is not None:
+            conv.inputs[1] = float_source(wdq)
         out.append(HeadConv(conv.name, x.name, True, "detect output conv (ignore_detect_outputs)"))
     graph.cleanup()
     return out
+
+
+def _kept_int8(conv: gs.Node, dq: gs.Node, q: gs.Node, x: gs.Tensor, heads: set[str],
+               cons: dict[str, list[gs.Node]], prod: dict[str, gs.Node]) -> str:
+    """Why ``conv`` keeps its INT8 input, or "" when making it float is clean."""
+    shared = [r.name for r in cons.get(dq.outputs[0].name, []) if r.name not in heads]
+    shared += [r.name for r in cons.get(q.outputs[0].name, []) if r is not dq]
+    shared += [r.name for r in cons.get(x.name, []) if r is not q and is_activation_q(r)]
+    if shared:
+        return f"input shared with quantized {shared[0]}: kept INT8"
+    wdq = dq_input_of(conv, 1)
+    if wdq is not None and float_source(wdq) is None:
+        return "weights are a run-time integer tensor: kept INT8"
+    via = _int8_through(x, prod)
+    return f"input INT8 through {via} (a DQ moves forward into it): kept INT8" if via else ""
+
+
+def _int8_through(t: gs.Tensor, prod: dict[str, gs.Node], depth: int = 0) -> str:
+    """The data-movement op through which TensorRT moves DQs forward into ``t`` ("" when none does)."""
+    p = prod.get(t.name)
+    if p is None or depth > 32:
+        return ""
+    if is_dq(p):
+        return p.name
+    b = behaviour(p.op, attrs=p.attrs)
+    if not b.dq_forward:
+        return ""
+    data = [p.inputs[i] for i in (b.data_inputs if b.data_inputs is not None else range(len(p.inputs)))
+            if i < len(p.inputs) and p.inputs[i] is not None and constant_value(p.inputs[i]) is None]
+    return p.name if data and all(_int8_through(d, prod, depth + 1) for d in data) else ""
