@@ -41,8 +41,9 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, which by default never
     goes below the group's smallest scale), inserts Q/DQ the rules call for (without --calib only where
     an existing scale applies; others are listed), then runs onnx.checker, onnxruntime (IN vs OUT per
-    output) and trtqat lint before and after. --calib --recalibrate all derives every activation scale again (no floor):
-    for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned scales.
+    output) and trtqat lint before and after. --calib --recalibrate all derives every activation scale
+    again (no floor): for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned
+    scales.
     \b
     JSON (--json): family, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
       qparams_folded, duplicate_q_merged, duplicate_dq_merged}, head [{node, tensor, floated, reason}],

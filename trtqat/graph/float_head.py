@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from .normalize_qdq import is_activation_q
 from .optable import behaviour
 from .policy import Policy
-from .qdq import constant_value, consumer_map, dq_input_of, is_dq, is_q, producer_map
+from .qdq import constant_value, consumer_map, dq_input_of, is_dq, is_q, producer_map, q_of
 from .strip_qdq import float_source
 
 #: ops whose presence downstream means a conv is not a head output (learned layers)
@@ -71,24 +71,23 @@ def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
     out: list[HeadConv] = []
     for conv in heads:
         dq = dq_input_of(conv, 0)
-        q = dq.inputs[0].inputs[0] if len(dq.inputs[0].inputs) == 1 and is_q(dq.inputs[0].inputs[0]) else None
+        q = q_of(dq)
         if q is None:
             continue  # an integer input from elsewhere: not a Q/DQ pair to remove
         x = q.inputs[0]
-        reason = _kept_int8(conv, dq, q, x, names, cons, prod)
+        wdq = dq_input_of(conv, 1)
+        weights = float_source(wdq) if wdq is not None else conv.inputs[1]
+        reason = _kept_int8(dq, q, x, weights is None, names, cons, prod)
         if reason:
             out.append(HeadConv(conv.name, x.name, False, reason))
             continue
-        conv.inputs[0] = x
-        wdq = dq_input_of(conv, 1)
-        if wdq is not None:
-            conv.inputs[1] = float_source(wdq)
+        conv.inputs[0], conv.inputs[1] = x, weights
         out.append(HeadConv(conv.name, x.name, True, "detect output conv (ignore_detect_outputs)"))
     graph.cleanup()
     return out
 
 
-def _kept_int8(conv: gs.Node, dq: gs.Node, q: gs.Node, x: gs.Tensor, heads: set[str],
+def _kept_int8(dq: gs.Node, q: gs.Node, x: gs.Tensor, runtime_weights: bool, heads: set[str],
                cons: dict[str, list[gs.Node]], prod: dict[str, gs.Node]) -> str:
     """Why ``conv`` keeps its INT8 input, or "" when making it float is clean."""
     shared = [r.name for r in cons.get(dq.outputs[0].name, []) if r.name not in heads]
@@ -96,8 +95,7 @@ def _kept_int8(conv: gs.Node, dq: gs.Node, q: gs.Node, x: gs.Tensor, heads: set[
     shared += [r.name for r in cons.get(x.name, []) if r is not q and is_activation_q(r)]
     if shared:
         return f"input shared with quantized {shared[0]}: kept INT8"
-    wdq = dq_input_of(conv, 1)
-    if wdq is not None and float_source(wdq) is None:
+    if runtime_weights:
         return "weights are a run-time integer tensor: kept INT8"
     via = _int8_through(x, prod)
     return f"input INT8 through {via} (a DQ moves forward into it): kept INT8" if via else ""

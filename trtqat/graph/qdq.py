@@ -177,10 +177,18 @@ def dq_input_of(node: gs.Node, index: int = 0) -> gs.Node | None:
     return producers[0] if len(producers) == 1 and is_dq(producers[0]) else None
 
 
+def q_of(dq: gs.Node) -> gs.Node | None:
+    """The QuantizeLinear that feeds DequantizeLinear ``dq``, or ``None`` (a DQ of a constant or of an
+    integer tensor from elsewhere)."""
+    src = dq.inputs[0] if dq.inputs else None
+    return src.inputs[0] if src is not None and len(src.inputs) == 1 and is_q(src.inputs[0]) else None
+
+
 def is_weight_qdq(node: gs.Node) -> bool:
     """A Q or DQ whose data input is a constant (weight quantization, folded by TensorRT at build time)."""
-    if is_dq(node) and node.inputs and node.inputs[0].inputs and is_q(node.inputs[0].inputs[0]):
-        return is_weight_qdq(node.inputs[0].inputs[0])
+    q = q_of(node) if is_dq(node) else None
+    if q is not None:
+        return is_weight_qdq(q)
     return bool(node.inputs) and constant_value(node.inputs[0], through_identity=True) is not None
 
 

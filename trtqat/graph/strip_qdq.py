@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq import constant_value, is_dq, is_q, read_qparams, replace_uses
+from .qdq import constant_value, is_dq, q_of, read_qparams, replace_uses
 
 
 def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -38,15 +38,14 @@ def float_source(dq: gs.Node) -> gs.Tensor | None:
     :class:`gs.Constant`), or the dequantized value of a constant integer input (weights stored as int8
     initializers, as ModelOpt writes them: ``(w - zero_point) * scale``); ``None`` for a DQ of a run-time
     integer tensor."""
-    src = dq.inputs[0]
-    q = src.inputs[0] if len(src.inputs) == 1 and is_q(src.inputs[0]) else None
+    q = q_of(dq)
     if q is not None:
         replacement = q.inputs[0]
         w = constant_value(replacement, through_identity=True)
         if w is not None and not isinstance(replacement, gs.Constant):
             replacement = gs.Constant(f"{replacement.name}_float", np.asarray(w))
         return replacement
-    w = constant_value(src, through_identity=True)
+    w = constant_value(dq.inputs[0], through_identity=True)
     return None if w is None else gs.Constant(f"{dq.outputs[0].name}_float", _dequantize(dq, w))
 
 
