@@ -1,7 +1,7 @@
 """CUDA benchmarks (run only where a GPU is present): ``python -m benchmarks.cuda_bench [--out DIR]``.
 
-Writes ``cuda.json`` beside the CPU results. CI and the development machines have no GPU; the committed
-file comes from a lent GPU machine (see the README table for which). Sections, each a ratio from one
+Writes ``cuda.json`` beside the CPU results. CI has no GPU; the committed file comes from a GPU machine
+(named in its ``machine`` block and in the README table). Sections, each a ratio from one
 interleaved run on the same GPU:
 
 - ``amax_mse``: pytorch-quantization 2.1.3's own MSE search, on its native CUDA path

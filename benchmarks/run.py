@@ -23,8 +23,6 @@ BENCHMARKS = {"amax_search": amax_search, "ptq": ptq, "calib_throughput": throug
               "accuracy": accuracy}
 HEADLINE = ("mse_speedup", "ptq_speedup", "ptq_over_floor", "qat_step_speedup")
 README = Path(__file__).resolve().parent / "README.md"
-#: the project README carries the same table between the same markers
-TOP_README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -66,8 +64,6 @@ def run_all(cfg: Config, out_dir: Path = RESULTS_DIR, only: list[str] | None = N
     write_result("summary", summary, cfg, out_dir)
     if readme is not None:
         update_readme(readme, summary)
-        if readme == README and TOP_README.is_file():
-            update_readme(TOP_README, summary)
     return summary
 
 

@@ -32,9 +32,15 @@ def val_set(shapes_val):
 
 def _sqnr(model, batches, refs) -> float:
     """Mean SQNR (dB) of ``model`` (fake-quant on) against the float model's outputs ``refs``."""
+    with validation_mode(model):
+        return _sqnr_as_is(model, batches, refs)
+
+
+def _sqnr_as_is(model, batches, refs) -> float:
+    """Mean SQNR (dB) of ``model`` with its quantizers as they are (already in validation mode)."""
     meter = FidelityMeter()
-    for x, ref in zip(batches, refs):
-        with validation_mode(model):
+    with torch.no_grad():
+        for x, ref in zip(batches, refs):
             meter.update(ref, model(x))
     return meter.score()
 
@@ -64,39 +70,40 @@ def test_qat_improves_fidelity_over_ptq(ptq_yolov5, shapes_val, tmp_path):
     assert _sqnr(ptq_yolov5.model, held_out, refs) == pytest.approx(before)  # the PTQ model (the teacher) is untouched
 
 
-def test_sensitivity_top_layer_matters_more_than_bottom(trained_checkpoint, shapes_val, val_set):
-    """Keeping the layer sensitivity ranks first in float recovers more PTQ mAP than keeping the last one."""
+def test_sensitivity_ranking_holds_on_held_out_images(trained_checkpoint, shapes_val):
+    """The layer the sensitivity ranks first (measured on calibration images) matters on images it never saw:
+    keeping it in float raises the held-out SQNR by at least 1 dB more than keeping the last-ranked layer.
+
+    Measured (held-out SQNR gain, top / bottom layer): 2.27 / 0.07 dB on this machine's kernels, 2.44 / -0.01
+    with AVX2-only kernels, 2.30 / 0.09 on one thread; the gap (2.2-2.4 dB) is resolved with a 1 dB margin.
+    A ranking in the wrong order fails (the gap turns negative). mAP cannot resolve this on the fixture:
+    floating either layer moves mAP@0.5:0.95 by 0.0004-0.0015, the noise of one evaluation, and the order
+    of the two gains flipped between kernel settings."""
+    from trtqat.quant.sensitivity import quantizers_by_layer
+
     ckpt, repo = trained_checkpoint("yolov5")
     calib = CalibConfig(calib_dir=shapes_val.train_images, size=SIZE, batch_size=8, calib_batches=1, method="max")
     res = run_ptq(ckpt, repo=repo, calib=calib, qconf=QuantConfig(use_rules=False))
     batches = [torch.from_numpy(b) for b in image_stream(shapes_val.train_images, SIZE, 8, max_batches=1)]
-    refs = []
+    held_out = [torch.from_numpy(b) for b in image_stream(shapes_val.val_images, SIZE, 8, max_batches=4)]
     with quant_disabled(res.model), torch.no_grad():
         refs = [res.model(x) for x in batches]
+        held_refs = [res.model(x) for x in held_out]
 
-    def sqnr(m):
-        meter = FidelityMeter()
-        with torch.no_grad():
-            for x, ref in zip(batches, refs):
-                meter.update(ref, m(x))
-        return meter.score()
-
-    ranking = run_sensitivity(res.model, sqnr, mode="drop", metric="SQNR dB")
+    ranking = run_sensitivity(res.model, lambda m: _sqnr_as_is(m, batches, refs), mode="drop", metric="SQNR dB")
     top, bottom = ranking.rows[0], ranking.rows[-1]
-    from trtqat.quant.sensitivity import quantizers_by_layer
-
     layers = {i: qs for i, _, qs in quantizers_by_layer(res.model)}
 
-    def map_with_float(index):
+    def held_out_gain(index):
         for q in layers[index]:
             q.disable()
         try:
-            return evaluate(res.model, val_set, quantized=None).map
+            return _sqnr_as_is(res.model, held_out, held_refs) - base
         finally:
             for q in layers[index]:
                 q.enable()
 
     with validation_mode(res.model):
-        base = evaluate(res.model, val_set, quantized=None).map
-        gain_top, gain_bottom = map_with_float(top.index) - base, map_with_float(bottom.index) - base
-    assert gain_top > gain_bottom, (top.name, gain_top, bottom.name, gain_bottom)
+        base = _sqnr_as_is(res.model, held_out, held_refs)
+        gain_top, gain_bottom = held_out_gain(top.index), held_out_gain(bottom.index)
+    assert gain_top > gain_bottom + 1.0, (top.name, gain_top, bottom.name, gain_bottom)

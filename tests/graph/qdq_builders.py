@@ -1,7 +1,7 @@
 """Builders of Q/DQ ONNX test models, from scratch with onnx.helper (no torch, no torchvision).
 
 The ResNet18 mirrors what pytorch-quantization exports for torchvision's resnet18 at opset 13 (the
-TREx example behind shared/fixtures/trtexec/trt8.4_a100_resnet18-qat-*): per-tensor Q->DQ on every
+TREx example behind tests/fixtures/trtexec/trt8.4_a100_resnet18-qat-*): per-tensor Q->DQ on every
 Conv/Gemm activation input, per-channel (axis 0) Q->DQ on every weight, eval-mode BatchNorm kept.
 Without calibration every quantizer reading one tensor gets the same scale, so scales are a pure
 function of the tensor name here. Node names describe positions (``b3_conv1_in_q`` = the Q on the
@@ -146,7 +146,7 @@ _MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6
 def mobilenetv2(variant: str, width: float = 0.25) -> onnx.ModelProto:
     """A QAT MobileNetV2 (torchvision layout, ReLU6 as Clip) with the Q/DQ placement of ``variant``.
 
-    Mirrors the TREx MobileNetV2 engines (shared/fixtures/trtexec/trt8.*_titanrtx_mobilenetv2-qat-*):
+    Mirrors the TREx MobileNetV2 engines (tests/fixtures/trtexec/trt8.*_titanrtx_mobilenetv2-qat-*):
     ``convonly`` is pytorch-quantization's default (Q/DQ on Conv/Gemm inputs and weights only);
     ``residual`` adds a Q/DQ on the identity input of every residual Add (``x + conv(x)``). Conv
     nodes are named after torchvision's modules (``features.3.conv.2`` = block 3's projection), so
@@ -192,7 +192,7 @@ _R50_STACKS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
 def tf_resnet50(width: float = 0.125) -> onnx.ModelProto:
     """A Keras ResNet50 as NVIDIA tensorflow-quantization + tf2onnx export it (rebuilt, not copied).
 
-    Mirrors shared/fixtures/trtexec/trt8.4_rtx3090_tf-resnet50-qat_best: NHWC input, ZeroPadding
+    Mirrors tests/fixtures/trtexec/trt8.4_rtx3090_tf-resnet50-qat_best: NHWC input, ZeroPadding
     (``conv1_pad``) before the input Q/DQ, a Transpose to NCHW, BatchNorm folded into the convs
     (tf2onnx), ``pool1_pad`` + MaxPool, bottlenecks whose shortcut input of the Add carries its own
     Q/DQ (the toolkit's ResNet residual case: an equal-scale Q beside the next conv's Q on an

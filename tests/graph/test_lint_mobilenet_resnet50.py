@@ -1,6 +1,6 @@
 """Ground truth beyond ResNet18: lint against the real MobileNetV2 (TensorRT 8.4 and 8.2) and TF-ResNet50 engines.
 
-The engines (shared/fixtures/trtexec/, section C of SOURCES.md) were built from ONNX files that are
+The engines (tests/fixtures/trtexec/, section C of SOURCES.md) were built from ONNX files that are
 not public; the networks are rebuilt from scratch in tests/graph/qdq_builders.py with the same Q/DQ
 placements. Layers are matched by *position*: our Conv nodes carry the module path of the original
 (``features.3.conv.2`` = block 3's projection conv), which the engine's fused layer names start with
@@ -22,15 +22,12 @@ from trtqat.graph.lint import lint_model
 from trtqat.graph.propagate import QdqIr
 from trtqat.graph.qdq import graph_from_model
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "trtexec"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trtexec"  # tests/fixtures/trtexec (see SOURCES.md there)
 MBV2_COUNT = {"convonly": 17, "residual": 2}
 
 
 def _fixture(name: str) -> dict:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} absent (shared/ must sit beside the repo checkout)")
-    return json.loads(path.read_text())
+    return json.loads((FIXTURES / name).read_text())
 
 
 def _is_engine_q(layer: dict) -> bool:

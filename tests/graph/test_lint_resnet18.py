@@ -1,6 +1,6 @@
 """Ground truth: lint must predict the standalone Q/DQ of three real TensorRT 8.4 ResNet18 engines.
 
-The engines (shared/fixtures/trtexec/trt8.4_a100_resnet18-qat-*_best.graph.json) were built from
+The engines (tests/fixtures/trtexec/trt8.4_a100_resnet18-qat-*_best.graph.json) were built from
 pytorch-quantization exports of torchvision's resnet18; our ONNX is rebuilt from scratch, so node
 names differ. Each engine Reformat layer with ``Origin: QDQ`` is mapped to a *position* in our
 graph through the layer that reads its output (``layer2.0.conv1.weight + ...`` = block 3, conv1).
@@ -17,16 +17,13 @@ from qdq_builders import RESNET_VARIANTS, resnet18
 from trtqat.graph.engine_compare import compare_with_engine
 from trtqat.graph.lint import lint_model
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "trtexec"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trtexec"  # tests/fixtures/trtexec (see SOURCES.md there)
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 EXPECTED_COUNT = {"convonly": 10, "residual": 3, "residual-qgap": 1}
 
 
 def _fixture(variant: str) -> dict:
-    path = FIXTURES / f"trt8.4_a100_resnet18-qat-{variant}_best.graph.json"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} absent (shared/ must sit beside the repo checkout)")
-    return json.loads(path.read_text())
+    return json.loads((FIXTURES / f"trt8.4_a100_resnet18-qat-{variant}_best.graph.json").read_text())
 
 
 def _position(layer_name: str) -> str:

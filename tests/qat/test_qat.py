@@ -94,16 +94,24 @@ def test_capture_removes_hooks_on_error():
 
 
 def test_loss_decreases_and_invariants_hold(ptq, train_files, tmp_path):
+    """Three Adam steps on one batch lower the distillation loss, each by at least 5 % of the first loss.
+
+    At --lr 1e-5 (the reference peak) the losses measured 437.8 / 292.1 / 256.5 on this machine's kernels,
+    438.2 / 292.9 / 254.7 with AVX2-only kernels and 438.2 / 293.3 / 254.7 on one thread: steps of 145 and
+    36-38 against a spread of at most 2 between kernel settings, so a 22-point (5 %) margin is resolved. At
+    1e-4 the third step overshot on some kernels (437.8 / 206.3 / 220.8), so the verdict depended on the CPU.
+    Frozen weights (no optimizer step) or a broken straight-through gradient give equal losses and fail."""
     res, repo = ptq
     before_amax = amax_table(res.model)
     before_weights = {k: v.clone() for k, v in res.model.state_dict().items()}
     groups = sharing_groups(res.model)
     assert groups, "the yolov5 rules share scales; the test needs shared quantizers"
-    cfg = QatConfig(epochs=3, iters=1, batch_size=2, size=SIZE, lr=1e-4, flip=False,  # same batch each step
+    cfg = QatConfig(epochs=3, iters=1, batch_size=2, size=SIZE, lr=1e-5, flip=False,  # same batch each step
                     learn_amax=False)
     out = train_qat(res.model, train_files, tmp_path / "qat.pt", cfg)
     losses = [r["loss"] for r in out.history]
-    assert losses[0] > losses[1] > losses[2], losses
+    step = 0.05 * losses[0]
+    assert losses[0] - losses[1] > step and losses[1] - losses[2] > step, losses
     assert amax_table(out.model) == before_amax  # --fixed-amax: the calibrated scales stay
     assert sharing_groups(out.model) == groups
     for k, v in res.model.state_dict().items():  # the PTQ model (teacher) is untouched

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "trtexec"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trtexec"  # tests/fixtures/trtexec (see SOURCES.md there)
 CONVONLY_GRAPH = "trt8.4_a100_resnet18-qat-convonly_best.graph.json"
 CONVONLY_PROFILE = "trt8.4_a100_resnet18-qat-convonly_best.profile.json"
 RESIDUAL_GRAPH = "trt8.4_a100_resnet18-qat-residual_best.graph.json"

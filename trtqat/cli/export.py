@@ -45,6 +45,11 @@ def export(ckpt: Path, repo, size, save, dynamic, dynamic_hw, opset, head, float
     from ..quant.export import ExportConfig, export_model
     from ..quant.verify import CONF_MATTERS, TOP_ROWS
 
+    if simplify:  # the optional onnxslim: fail with its one line before tracing, not after
+        from .._deps import require
+
+        require("onnxslim", purpose="--simplify")
+
     config = ExportConfig(size=size, save=save, dynamic=dynamic, dynamic_hw=dynamic_hw, opset=opset, head=head,
                           float_dtype=float_dtype, no_quant=no_quant, simplify=simplify, verify=verify,
                           calib_dir=calib_dir, batch=batch)

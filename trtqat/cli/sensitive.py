@@ -59,6 +59,10 @@ def sensitive(ckpt: Path, repo, val_dir, val_ann, val_images, mode, top_k, summa
         raise UsageError(f"--top-k must be >= 0, got {top_k}")
     if plot_path is not None and Path(plot_path).suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_path}: only .png is written")
+    if plot_path is not None:  # the optional matplotlib: fail with its one line now, not after the whole ranking
+        from .._deps import require
+
+        require("matplotlib", purpose="the sensitivity bar chart (--plot)")
     if val_dir is not None:  # labelled --val ranks by COCO mAP: a missing pycocotools must fail before calibration
         from .._deps import require
         from ..data.images import find_images
