@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from trtqat.cli import main
 from trtqat.demo.trained import trained_info
 
-#: the bound of issue 12 section 5: 0.1 mAP points (0.001 as a fraction)
+#: the bound: 0.1 mAP points (0.001 as a fraction)
 MAP_POINTS = 0.1
 
 

@@ -2,7 +2,7 @@
 
 IN is each family's pytorch-quantization default placement (``trtqat quantize --no-rules``, MSE histogram
 calibration on the 32 train images, FP32 export) and the ModelOpt torch-export style placed on the float
-export (per-tensor max calibration on the same images, ModelOpt's default). Targets (issue 13), on all 300
+export (per-tensor max calibration on the same images, ModelOpt's default). Targets, on all 300
 held-out images of the fixtures' val split: OUT within 0.3 mAP points of IN without ``--calib``, read as
 "loses at most 0.3 points" (gains are not failures); at least IN's with ``--calib`` on the same images
 (the command's default method, MSE), with the default ``--recalibrate groups`` and with ``all``. Groups-only
