@@ -29,6 +29,9 @@ def test_every_format_of_one_model_scores_alike(eval_models):
     assert [(r["format"], r["head"], r["batch"]) for r in out["rows"]] == [
         ("checkpoint", "decoded", "dynamic"), ("onnx", "decoded", "dynamic"), ("onnx", "decoded", 1),
         ("onnx", "raw", "dynamic")]
+    # every one of them writes the yolov5 layout: the checkpoint says so through its family, the exports
+    # through trtqat's metadata
+    assert [(r["layout"], r["layout_from"]) for r in out["rows"]] == [("yolov5", "model")] + [("yolov5", "metadata")] * 3
     assert all(r["kind"] == "float" and r["images"] == 8 and r["images_per_s"] > 0 for r in out["rows"])
     torch_dets = rows[m.ckpt.name]["detections"]
     assert torch_dets > 50

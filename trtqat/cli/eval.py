@@ -26,6 +26,13 @@ Examples:
 --size: default the fixed input size of the models that have one, else the size an export records,
 else 640. Labels: YOLO txt files in labels/ beside images/, or --val-ann (COCO JSON).
 
+\b
+Output layouts (read from the file's metadata, the checkpoint's head or the output shape; checked
+against the shape and the first batch; --layout forces one for every MODEL):
+  yolov5       [B, N, 5+nc]  cx, cy, w, h, objectness, classes (YOLOv5, YOLOv7, trtqat export)
+  ultralytics  [B, 4+nc, N]  cx, cy, w, h, class scores (YOLOv8, YOLO11)
+  end2end      [B, K, 6]     x1, y1, x2, y2, score, class; no NMS (YOLO26, YOLOv10)
+
 {PICKLE_WARNING}""")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), required=True,
@@ -39,14 +46,16 @@ else 640. Labels: YOLO txt files in labels/ beside images/, or --val-ann (COCO J
 @device_option
 @click.option("--conf-thres", type=float, default=0.001, show_default=True, help="Confidence threshold.")
 @click.option("--iou-thres", type=float, default=0.65, show_default=True, help="NMS IoU threshold.")
+@click.option("--layout", type=click.Choice(["yolov5", "ultralytics", "end2end"]), default=None,
+              help="Output layout of every MODEL [default: each model's own, from its metadata, head or shape].")
 @json_option
 def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, device, conf_thres, iou_thres,
-                as_json):
+                layout, as_json):
     from ..eval.job import EvalJob, run_eval
 
     job = EvalJob(models=tuple(models), val_dir=val_dir, val_ann=val_ann, repo=repo, size=size,
                   batch_size=batch_size, device=device, conf_thres=conf_thres, iou_thres=iou_thres,
-                  val_images=val_images)
+                  val_images=val_images, layout=layout)
     result = run_eval(job, progress=progress_bar)
     if as_json:
         emit_json(result)
@@ -65,7 +74,11 @@ def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, de
 def _format(row: dict) -> str:
     parts = [row["format"], row["kind"] or "?"]
     if row["format"] != "checkpoint":
-        parts += [row["head"], f"batch {row['batch']}"]
+        parts += [row["head"]]
+    if row.get("layout"):
+        parts += [f"{row['layout']} ({row['layout_from']})"]
+    if row["format"] != "checkpoint":
+        parts += [f"batch {row['batch']}"]
     return ", ".join(parts)
 
 

@@ -31,15 +31,18 @@ def lint(model: str, as_json: bool, max_reformats: int | None, engine_layers: st
                 standalone_q, standalone_dq, standalone_by_rule {rule: count}, compute_layers,
                 int8_layers, int8_share (by count), int8_share_macs, macs, precision_boundaries,
                 trt_version, float_precision, refused (true: the parser would reject the model, no
-                prediction; the counts are then null), refused_by
+                prediction; the counts are then null), refused_by, parse_errors [error-severity
+                PARSE rule ids], float_model (true: no QuantizeLinear/DequantizeLinear at all),
+                family (yolov5|yolov7|yolov8|unknown), family_from (metadata|structure|null)
       layers    [{name, op, precision: INT8|float, output: INT8|float, fused: [node names], kind,
                   macs, why_float}]
       standalone [{name, op, tensor, rule_id, reason, aliases: [merged Q names]}]
       findings  [{rule_id, severity, nodes, hazard, mitigation, help}]
       engine    (with --engine-layers) {engine_standalone_qdq, agree, predicted_only, engine_only,
                   engine_unknown, precision_agree, precision_disagree}
-    Exit codes: 0 ok, 1 --max-reformats exceeded or the model is refused by the parser checks
-    (PARSE010/PARSE011), 2 unreadable model or layer file.
+    Exit codes: 0 ok, 1 after the report when a PARSE finding of severity error says TensorRT's
+    parser would reject or mis-build the model (no prediction at all for PARSE010/PARSE011), or
+    --max-reformats is exceeded; 2 unreadable model or layer file.
     """
     from ..errors import LintFailure
     from ..graph.lint import lint_model
@@ -63,6 +66,9 @@ def lint(model: str, as_json: bool, max_reformats: int | None, engine_layers: st
         rules = ", ".join(report.summary["refused_by"])
         raise LintFailure(f"TensorRT's parser would reject {model} ({rules}); no prediction made",
                           "Fix the findings listed above and lint again")
+    if report.parse_errors:
+        raise LintFailure(f"TensorRT's parser would reject or mis-build {model} ({', '.join(report.parse_errors)})",
+                          "Fix the PARSE findings listed above and lint again")
     n = report.summary["standalone_qdq"]
     if max_reformats is not None and n > max_reformats:
         raise LintFailure(f"{n} standalone Q/DQ predicted in {model}, more than --max-reformats {max_reformats}",
@@ -75,6 +81,10 @@ def verdict(summary: dict) -> str:
     if s.get("refused"):
         return (f"lint (TensorRT {s['trt_version']}): no prediction: the TensorRT parser would reject the model "
                 f"({', '.join(s['refused_by'])})")
+    family = f"; family: {s['family']} ({s['family_from']})" if s.get("family_from") else ""
+    if s.get("float_model"):
+        return (f"lint (TensorRT {s['trt_version']}): no Q/DQ nodes: a float model; quantize it first "
+                f"({s['compute_layers']} compute layers, all float; float layers run in {s['float_precision']}){family}")
     expected = s["standalone_by_rule"].get("LINT001", 0)
     avoidable = s["standalone_qdq"] - expected
     head = (f"{avoidable} avoidable standalone Q/DQ + {expected} network-input Quantize" if avoidable
@@ -82,7 +92,7 @@ def verdict(summary: dict) -> str:
                  "standalone" if expected else "fully fused: no standalone Q/DQ")
     return (f"lint (TensorRT {s['trt_version']}): {head}; INT8 {s['int8_layers']}/{s['compute_layers']} compute "
             f"layers ({s['int8_share']:.0%}, {s['int8_share_macs']:.0%} of MACs); "
-            f"{s['precision_boundaries']} precision boundaries; float layers run in {s['float_precision']}")
+            f"{s['precision_boundaries']} precision boundaries; float layers run in {s['float_precision']}{family}")
 
 
 def _examples(names: list[str], k: int = 3) -> str:

@@ -7,6 +7,7 @@ pycocotools and torchvision are reached only when a function that needs them run
 Modules:
   * :mod:`.boxes`     box formats and letterbox un-mapping
   * :mod:`.nms`       torchvision NMS when importable, else an exact vectorised fallback
+  * :mod:`.layouts`   detector output layouts (yolov5, ultralytics, end2end): which, checked, to detections
   * :mod:`.labels`    YOLO txt labels (``images/`` -> ``labels/``) and COCO JSON ground truth
   * :mod:`.coco_map`  mAP@0.5:0.95 and mAP@0.5 with pycocotools
   * :mod:`.fidelity`  cosine / SQNR per output and agreement mAP against the float model

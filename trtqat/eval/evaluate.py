@@ -4,7 +4,9 @@ Preprocessing is the deployment one (letterbox to ``size``, grey 114, RGB, 0..1:
 so the numbers describe what the engine will see. A quantized model is evaluated with fake-quant on
 (:func:`trtqat.quant.modes.validation_mode`) or as its float self (:func:`~trtqat.quant.modes.quant_disabled`,
 the fused float model: ``--eval-origin``). With labels (COCO JSON or YOLO txt) the result has COCO mAP;
-with a ``reference`` float model it also has fidelity and agreement mAP (label-free).
+with a ``reference`` float model it also has fidelity and agreement mAP (label-free). Each model's output is
+read in its own layout (:mod:`trtqat.eval.layouts`: a runner's decoder, else the module's family), so
+every layout reaches the same NMS, letterbox un-mapping and metric.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from .boxes import unletterbox, xyxy_to_coco
 from .coco_map import coco_map
 from .fidelity import AgreementMeter, FidelityMeter, decoded_predictions, fidelity_score
 from .labels import GroundTruth, load_ground_truth
-from .nms import non_max_suppression
+from .layouts import decoder_for
 
 #: in-memory cache budget for letterboxed images reused across evaluations (sensitivity, QAT epochs)
 CACHE_BYTES = 1 << 30
@@ -168,7 +170,7 @@ def _device(model) -> torch.device:
 
 def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=None, name: str = "",
              progress: Callable[[int], None] | None = None, reference_cache: dict | None = None,
-             agreement: bool = True) -> EvalResult:
+             agreement: bool = True, layout: str | None = None) -> EvalResult:
     """Run ``model`` over ``data``; COCO mAP when labelled; fidelity/agreement when ``reference`` is given.
 
     Args:
@@ -178,6 +180,8 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
         reference_cache: a dict kept by the caller across calls with the same ``reference`` and data:
             the reference outputs are computed once per batch (sensitivity runs one evaluation per layer).
         progress: called with the number of images after each batch.
+        layout: the output layout of a module ``model`` (``yolov5`` / ``ultralytics`` / ``end2end``); default:
+            a runner's own, else the module family's (:func:`trtqat.eval.layouts.decoder_for`).
     """
     t0 = time.perf_counter()
     cfg = data.cfg
@@ -188,13 +192,15 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
     dets: list[dict] = []
     device = _device(model)
     nms = {"conf_thres": cfg.conf_thres, "iou_thres": cfg.iou_thres, "max_det": cfg.max_det}
+    decoder = decoder_for(model, layout) if detect else None
+    ref_decoder = decoder_for(reference) if reference is not None and agree is not None else None
     for b, (files, batch, boxes) in enumerate(data.batches()):
         x = torch.from_numpy(batch).to(device)
         start = time.perf_counter()
         with model_mode(model, quantized):
             out = model(x)
         res.forward_seconds += _finished(out, start)
-        found = non_max_suppression(decoded_predictions(out), **nms) if detect else []
+        found = decoder.detections(out, **nms) if detect else []
         if reference is not None:
             if reference_cache is not None and b in reference_cache and (reference_cache[b][1] is not None
                                                                          or agree is None):
@@ -202,7 +208,7 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
             else:
                 with model_mode(reference, False):
                     ref = reference(x.to(_device(reference)))
-                ref_found = non_max_suppression(decoded_predictions(ref), **nms) if agree is not None else None
+                ref_found = ref_decoder.detections(ref, **nms) if agree is not None else None
                 if reference_cache is not None:
                     reference_cache[b] = (ref, ref_found)
             fid.update(ref, out)

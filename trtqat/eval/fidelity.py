@@ -33,7 +33,8 @@ def flatten_outputs(out, name: str = "out") -> list[tuple[str, torch.Tensor]]:
 
 
 def decoded_predictions(out) -> torch.Tensor:
-    """The decoded ``(B, N, 5 + nc)`` tensor of a YOLO output (first element in eval mode)."""
+    """The decoded tensor of a YOLO output (the first element in eval mode), in the model's layout
+    (:mod:`trtqat.eval.layouts`)."""
     while isinstance(out, (list, tuple)):
         out = out[0]
     return out

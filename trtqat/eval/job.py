@@ -8,6 +8,10 @@ pycocotools), picks one input size, letterboxes the images once (cached) and run
 
 Input size: ``--size`` when given (every model must accept it); else the fixed input size of the models
 that have one (they must agree); else the ``size`` an exported ONNX records in its metadata; else 640.
+
+Output layout (:mod:`trtqat.eval.layouts`): ``--layout`` for every model when given, else each model's own
+(metadata, detect head, output shape). It is settled on the untimed warm-up batch, before the ground truth
+is built with the model's class count, so a wrong layout stops the run in one line before any scoring.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class EvalJob:
     conf_thres: float = 0.001
     iou_thres: float = 0.65
     val_images: int | None = None
+    layout: str | None = None  # --layout: yolov5 | ultralytics | end2end (None: each model's own)
 
     def validate(self) -> None:
         """Flag values that cannot work (exit 2) and the optional dependency the metric needs."""
@@ -58,6 +63,9 @@ class EvalJob:
             raise UsageError(f"--device {self.device!r} is not a device", "Use cpu, cuda or cuda:N")
         if self.val_images is not None and self.val_images < 1:
             raise UsageError(f"--val-images must be >= 1, got {self.val_images}")
+        from .layouts import check_layout_name
+
+        check_layout_name(self.layout)
         if self.val_ann is not None and not Path(self.val_ann).is_file():
             raise InputError(f"annotation file not found: {self.val_ann}", "Pass a COCO JSON file")
         require("pycocotools", purpose="trtqat eval (COCO mAP)")
@@ -93,29 +101,35 @@ def run_eval(job: EvalJob, *, progress: ProgressFactory = _no_progress) -> dict:
     """Score every model of ``job``; returns the JSON-able comparison (``rows`` in the order given)."""
     from ..data.images import find_images
     from .evaluate import EvalConfig, eval_set, evaluate
+    from .labels import labels_class_count, yolo_class_floor
     from .runners import open_runner
 
     job.validate()
-    runners = [open_runner(p, repo=job.repo, device=job.device) for p in job.models]
-    for r in runners:
-        r.probe()
-    size = resolve_size(job.size, runners)
+    runners = [open_runner(p, repo=job.repo, device=job.device, layout=job.layout) for p in job.models]
     files = find_images(job.val_dir)
     if job.val_images:
         files = files[:job.val_images]
     _check_labels(files, job)
+    floor = yolo_class_floor(files) if job.val_ann is None else 1
+    for r in runners:
+        r.nc_min = floor
+        r.probe()
+    size = resolve_size(job.size, runners)
     cfg = EvalConfig(size=size, batch_size=job.batch_size, conf_thres=job.conf_thres, iou_thres=job.iou_thres)
     names = _row_names([r.path for r in runners])
-    data, rows = None, []
+    data, rows, nc = None, [], None
     for name, runner in zip(names, runners):
         with runner.activated(size):
+            runner.settle(_warm_up(runner, min(job.batch_size, len(files)), size))
+            if runner.nc is None:  # an end-to-end output without class names: the labels say how many
+                runner.nc = labels_class_count(files, job.val_ann)
+                runner.notes.append(f"the model does not name its classes: {runner.nc} classes taken from the labels")
             if data is None:
                 data = eval_set(job.val_dir, cfg, ann=job.val_ann, nc=runner.nc, files=files, cache=True)
                 nc = runner.nc
             elif runner.nc != nc:
                 raise InputError(f"{runner.path} predicts {runner.nc} classes but {runners[0].path} {nc}",
                                  "Compare models trained on the same classes")
-            _warm_up(runner, min(job.batch_size, len(data.files)), size)
             bar, advance, set_total = progress(name)
             set_total(len(data.files))
             with bar:
@@ -127,12 +141,13 @@ def run_eval(job: EvalJob, *, progress: ProgressFactory = _no_progress) -> dict:
             "conf_thres": job.conf_thres, "iou_thres": job.iou_thres, "rows": rows}
 
 
-def _warm_up(runner, batch: int, size: int) -> None:
+def _warm_up(runner, batch: int, size: int):
     """One untimed batch of grey images, so images/s does not include first-call set-up (kernel selection,
-    lazily built grids, CUDA context), which would favour whichever model happens to run later."""
+    lazily built grids, CUDA context), which would favour whichever model happens to run later; returns its
+    output (which settles the model's output layout)."""
     import torch
 
-    runner(torch.full((batch, 3, size, size), 114 / 255.0))
+    return runner(torch.full((batch, 3, size, size), 114 / 255.0))
 
 
 def _row_names(paths: Sequence[Path]) -> list[str]:

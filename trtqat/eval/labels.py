@@ -165,3 +165,25 @@ def load_ground_truth(images: Sequence[Path], ann: str | Path | None, nc: int) -
     if has_yolo_labels(images):
         return gt_from_yolo(images, nc)
     return None
+
+
+def yolo_class_floor(images: Sequence[Path]) -> int:
+    """The highest class the YOLO labels of ``images`` use, + 1 (1 without labels): a lower bound on the
+    model's class count, which helps an output shape tell the layouts apart (:mod:`trtqat.eval.layouts`)."""
+    top = -1
+    for path in images:
+        for c, *_ in read_yolo_labels(label_path(path)):
+            top = max(top, c)
+    return max(1, top + 1)
+
+
+def labels_class_count(images: Sequence[Path], ann: str | Path | None) -> int:
+    """How many classes the labels name: COCO JSON categories, else the highest YOLO class + 1. Used only for
+    a model that does not say (an end-to-end output without ``names`` metadata)."""
+    if ann is not None:
+        try:
+            coco = json.loads(Path(ann).read_text())
+            return max(1, len(coco.get("categories", [])))
+        except (OSError, ValueError, AttributeError):
+            pass  # the ground truth loader reports an unreadable file in its own words
+    return yolo_class_floor(images)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .family_detect import detect_onnx_family
 from .findings import Finding, sort_findings
 from .fusion import Group, form_groups
 from .optable import DEFAULT_VERSION, VERSION_INFO, check_version
 from .parser_checks import REFUSING_RULES, check_model_proto, check_parser
 from .propagate import IrNode, QdqIr
-from .qdq import graph_from_model, load_model
+from .qdq import DQ_OP, Q_OP, graph_from_model, load_model
 
 log = logging.getLogger(__name__)
 _DOC = "TensorRT developer guide, Explicit Quantization: 'Processing of Q/DQ Networks'"
@@ -78,7 +80,10 @@ class LintReport:
 
     ``refused`` is True when a parser finding (:data:`~.parser_checks.REFUSING_RULES`) means TensorRT
     would not import the model: then ``layers`` and ``standalone`` are empty and the summary's counts
-    are None (no prediction, not a prediction of zero).
+    are None (no prediction, not a prediction of zero). ``parse_errors`` (summary) lists the error-severity
+    ``PARSE*`` findings, refusing or not: TensorRT's parser rejects or mis-builds such a model, so
+    ``trtqat lint`` exits 1 after its report. ``float_model`` (summary) is True for a graph without any
+    QuantizeLinear/DequantizeLinear: nothing to predict about Q/DQ, and "fully fused" would mislead.
     """
 
     summary: dict[str, Any]
@@ -89,6 +94,15 @@ class LintReport:
     @property
     def refused(self) -> bool:
         return bool(self.summary.get("refused"))
+
+    @property
+    def parse_errors(self) -> list[str]:
+        """Rule ids of the error-severity parser findings (sorted, each once)."""
+        return list(self.summary.get("parse_errors") or [])
+
+    @property
+    def float_model(self) -> bool:
+        return bool(self.summary.get("float_model"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": dict(self.summary), "layers": [x.to_dict() for x in self.layers],
@@ -164,21 +178,28 @@ def lint_model(model: onnx.ModelProto, *, trt_version: str = DEFAULT_VERSION, la
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - shapes only feed MAC counts and broadcast checks
         log.info("shape inference failed (%s); MACs count unknown dims as 1", exc)
-    return lint_graph(graph_from_model(model, label), trt_version=trt_version, extra_findings=checker)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return lint_graph(graph_from_model(model, label), trt_version=trt_version, extra_findings=checker, metadata=meta)
 
 
 def lint_graph(graph: gs.Graph, *, trt_version: str = DEFAULT_VERSION,
-               extra_findings: list[Finding] | tuple[Finding, ...] = ()) -> LintReport:
+               extra_findings: list[Finding] | tuple[Finding, ...] = (),
+               metadata: Mapping[str, str] | None = None) -> LintReport:
     """Predict TensorRT's processing of the Q/DQ nodes of ``graph`` (not modified).
 
     ``extra_findings`` (e.g. :func:`~.parser_checks.check_model_proto` on the ModelProto) join the
-    parser findings; a refusing one stops the prediction (see :attr:`LintReport.refused`).
+    parser findings; a refusing one stops the prediction (see :attr:`LintReport.refused`). ``metadata``
+    (the ONNX ``metadata_props``) lets the family be read from an exporter's keys
+    (:func:`~.family_detect.detect_onnx_family`; else from the structure).
     """
     check_version(trt_version)
     findings = [*extra_findings, *check_parser(graph)]
+    family = detect_onnx_family(graph, metadata)
+    facts = {"float_model": not any(n.op in (Q_OP, DQ_OP) for n in graph.nodes), "parse_errors": _parse_errors(findings),
+             "family": family.name, "family_from": family.source or None}
     refusing = [f for f in findings if f.rule_id in REFUSING_RULES]
     if refusing:
-        return _refused(findings, refusing, trt_version)
+        return _refused(findings, refusing, trt_version, facts)
     ir = QdqIr(graph, trt_version)
     ir.propagate()
     groups = form_groups(ir)
@@ -187,19 +208,24 @@ def lint_graph(graph: gs.Graph, *, trt_version: str = DEFAULT_VERSION,
     layers = tuple(_layer(ir, g) for g in groups if g.root.beh.compute)
     findings += [_finding("LINT009", [n.name], n.why_float) for n in ir.nodes if n.op == "BatchNormalization"
                  and n.why_float]
-    summary = _summary(ir, groups, layers, standalone, trt_version)
+    summary = {**_summary(ir, groups, layers, standalone, trt_version), **facts}
     return LintReport(summary, layers, tuple(standalone), tuple(sort_findings(findings)))
+
+
+def _parse_errors(findings: list[Finding]) -> list[str]:
+    """Error-severity ``PARSE*`` rule ids: constructs TensorRT's ONNX parser rejects or mis-builds."""
+    return sorted({f.rule_id for f in findings if f.rule_id.startswith("PARSE") and f.severity == "error"})
 
 
 _COUNT_KEYS = ("standalone_qdq", "standalone_q", "standalone_dq", "compute_layers", "int8_layers", "int8_share",
                "int8_share_macs", "macs", "precision_boundaries", "standalone_by_rule")
 
 
-def _refused(findings: list[Finding], refusing: list[Finding], version: str) -> LintReport:
+def _refused(findings: list[Finding], refusing: list[Finding], version: str, facts: dict[str, Any]) -> LintReport:
     """No prediction: TensorRT's parser would reject the model (the counts are None, not 0)."""
     summary: dict[str, Any] = {"trt_version": version, "float_precision": VERSION_INFO[version].float_precision,
                                **dict.fromkeys(_COUNT_KEYS), "refused": True,
-                               "refused_by": sorted({f.rule_id for f in refusing})}
+                               "refused_by": sorted({f.rule_id for f in refusing}), **facts}
     return LintReport(summary, (), (), tuple(sort_findings(findings)))
 
 

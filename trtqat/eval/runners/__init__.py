@@ -52,21 +52,28 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(model.graph.node) > 0
 
 
-def open_runner(path: str | Path, *, repo: str | Path | None = None, device: str = "cpu") -> Runner:
-    """The runner for ``path`` (not yet probed)."""
+def open_runner(path: str | Path, *, repo: str | Path | None = None, device: str = "cpu",
+                layout: str | None = None) -> Runner:
+    """The runner for ``path`` (not yet probed); ``layout`` forces its output layout (``--layout``)."""
+    from ..layouts import check_layout_name
+
+    check_layout_name(layout)
     path = Path(path)
     fmt = runner_format(path)
     if fmt == "checkpoint":
         from .torch_runner import CheckpointRunner
 
-        return CheckpointRunner(path, repo=repo, device=device)
-    if fmt == "onnx":
+        runner: Runner = CheckpointRunner(path, repo=repo, device=device)
+    elif fmt == "onnx":
         from .onnx_runner import OnnxRunner
 
-        return OnnxRunner(path, device=device)
-    from .trt_runner import TensorRTRunner
+        runner = OnnxRunner(path, device=device)
+    else:
+        from .trt_runner import TensorRTRunner
 
-    return TensorRTRunner(path, device=device)
+        runner = TensorRTRunner(path, device=device)
+    runner.layout_request = layout
+    return runner
 
 
 __all__ = ["Runner", "open_runner", "runner_format"]

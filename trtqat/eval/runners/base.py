@@ -2,8 +2,10 @@
 
 Why one interface: the accuracy of a checkpoint, its ONNX and its engine is only comparable when the same
 letterbox, NMS and COCO metric see their outputs. Each runner therefore does one thing: turn a letterboxed
-float32 batch ``[B, 3, S, S]`` (0..1) into the decoded predictions ``(B, N, 5 + nc)`` in input pixels.
-Everything else (:func:`trtqat.eval.evaluate.evaluate`) is shared.
+float32 batch ``[B, 3, S, S]`` (0..1) into the model's decoded output in input pixels, in the layout the
+model writes (:mod:`trtqat.eval.layouts`: ``yolov5`` ``[B, N, 5+nc]``, ``ultralytics`` ``[B, 4+nc, N]``,
+``end2end`` ``[B, K, 6]``), and say which layout that is (its :attr:`Runner.decoder`). Everything else
+(:func:`trtqat.eval.evaluate.evaluate`) is shared.
 
 Life cycle: ``probe()`` (cheap checks that can fail with a one-line error before any model runs: the file,
 its format, a fixed input size, the head), then ``with runner.activated(size):`` (load, run, free).
@@ -18,6 +20,8 @@ from pathlib import Path
 import torch
 
 from ...errors import InputError, UsageError
+from ..fidelity import decoded_predictions
+from ..layouts import OutputDecoder
 
 
 class Runner(ABC):
@@ -27,7 +31,11 @@ class Runner(ABC):
         fixed_size: the square input size the model was built for (None: any size).
         fixed_batch: a static batch dimension; batches are split (and the last one padded) to fit it.
         max_batch: the largest batch the model accepts (a TensorRT profile); batches are split to fit.
-        nc: number of classes.
+        nc: number of classes (None where only the first batch, or nothing, tells: an end-to-end output).
+        decoder: the output's layout and its conversion to detections (:class:`~trtqat.eval.layouts.OutputDecoder`).
+
+    Set before :meth:`probe` by the caller: ``layout_request`` (``--layout``) and ``nc_min`` (the labels'
+    highest class + 1, which helps the output shape tell the layouts apart).
     """
 
     format = "model"
@@ -42,6 +50,9 @@ class Runner(ABC):
         self.kind: str | None = None  # "float" | "ptq" | "qat" when known
         self.head = "decoded"  # "decoded" | "raw"
         self.notes: list[str] = []
+        self.layout_request: str | None = None  # --layout
+        self.nc_min = 1
+        self.decoder: OutputDecoder | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
     @abstractmethod
@@ -72,9 +83,15 @@ class Runner(ABC):
                              f"Pass --size {self.fixed_size}, or export with --dynamic-hw")
 
     # -- inference ------------------------------------------------------------------------------------
+    def settle(self, out) -> None:
+        """Decide (symbolic shapes) and check the output layout on an actual output, e.g. the warm-up batch's;
+        sets :attr:`nc` from it. InputError when the output is not in the layout."""
+        self.decoder.settle(decoded_predictions(out))
+        self.nc = self.decoder.nc
+
     @abstractmethod
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """One batch that fits the model -> decoded predictions ``(B, N, 5 + nc)``."""
+        """One batch that fits the model -> its decoded output (in the layout of :attr:`decoder`)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Any batch: split into chunks the model accepts; a static batch gets its last chunk zero-padded."""
@@ -95,8 +112,10 @@ class Runner(ABC):
         """What the comparison table and ``--json`` say about this model."""
         batch = self.fixed_batch if self.fixed_batch is not None else (f"<= {self.max_batch}" if self.max_batch
                                                                        else "dynamic")
+        layout = self.decoder.layout if self.decoder is not None else None
+        origin = self.decoder.origin if self.decoder is not None else None
         return {"path": str(self.path), "format": self.format, "kind": self.kind, "head": self.head,
-                "batch": batch, "notes": list(self.notes)}
+                "layout": layout, "layout_from": origin, "batch": batch, "notes": list(self.notes)}
 
 
 def missing_file(path: Path) -> InputError | None:

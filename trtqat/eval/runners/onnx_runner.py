@@ -1,5 +1,9 @@
 """Exported ONNX models (float or Q/DQ, static or dynamic batch, decoded or raw head) through onnxruntime.
 
+The output layout (:mod:`trtqat.eval.layouts`) comes from ``--layout``, else from the file's metadata
+(Ultralytics, YOLOv5 or trtqat exports), else from the output shape, and is checked against the shape here
+and against the first batch's values.
+
 Provider: the CPU one; with ``--device cuda[:i]`` the CUDA provider when this onnxruntime has it (else the
 CPU one, with a note in the table). Graph optimizations are limited to the basic, math-preserving level:
 onnxruntime's extended level replaces Q/DQ pairs by its own integer kernels (QLinearConv), which is
@@ -13,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import InputError
+from ...errors import InputError, UsageError
 from ...models.detect_head import RawHead, raw_head_from_metadata
+from ..layouts import YOLOV5, LayoutHint, OutputDecoder, hint_from_metadata, names_count, square_imgsz
 from ..raw_head import decode_raw
 from .base import Runner, missing_file
 
@@ -28,8 +33,9 @@ def _dims(value_info) -> list[int | str]:
 
 
 def classify_outputs(shapes: list[list], source: str) -> tuple[str, int | None]:
-    """(head, nc) from output shapes: one ``[B, N, 5+nc]`` output (decoded) or ``[B, na, ny, nx, 5+nc]``
-    ones (raw); anything else is an InputError naming the shapes."""
+    """(head, nc) from output shapes: one rank-3 output (decoded, in one of the layouts of
+    :mod:`trtqat.eval.layouts`; nc read as for ``[B, N, 5+nc]``) or ``[B, na, ny, nx, 5+nc]`` ones (raw);
+    anything else is an InputError naming the shapes."""
     ranks = {len(s) for s in shapes}
     last = {s[-1] for s in shapes if s}
     nc = next(iter(last)) - 5 if len(last) == 1 and isinstance(next(iter(last)), int) else None
@@ -37,9 +43,9 @@ def classify_outputs(shapes: list[list], source: str) -> tuple[str, int | None]:
         return "decoded", nc
     if shapes and ranks == {5}:
         return "raw", nc
-    raise InputError(f"{source} has outputs {shapes}, not a YOLO head ([B, N, 5+nc] decoded, or "
-                     "[B, na, H/s, W/s, 5+nc] per stride raw)",
-                     "Export it with trtqat export (--head decoded or raw)")
+    raise InputError(f"{source} has outputs {shapes}, not a YOLO head (one decoded output: yolov5 [B, N, 5+nc], "
+                     "ultralytics [B, 4+nc, N] or end2end [B, K, 6]; or [B, na, H/s, W/s, 5+nc] per stride raw)",
+                     "Export a detection model with one of these outputs")
 
 
 def square_size(h, w, source: str) -> int | None:
@@ -92,9 +98,24 @@ class OnnxRunner(Runner):
                                          else "float")
         if str(meta.get("size", "")).isdigit():
             self.recorded_size = int(meta["size"])
-        self.head, self.nc = classify_outputs([_dims(o) for o in model.graph.output], str(self.path))
+        elif square_imgsz(meta):
+            self.recorded_size = square_imgsz(meta)
+        outputs = [_dims(o) for o in model.graph.output]
+        self.head, raw_nc = classify_outputs(outputs, str(self.path))
         if self.head == "raw":
+            if self.layout_request not in (None, YOLOV5):
+                raise UsageError(f"{self.path} outputs the raw detect head, which trtqat decodes to the yolov5 layout, "
+                                 f"not --layout {self.layout_request}", "Leave --layout out for this model")
             self.raw_head = raw_head_from_metadata(meta, str(self.path))
+            self.decoder = OutputDecoder(LayoutHint(YOLOV5, "metadata", raw_nc), source=str(self.path))
+            self.nc = raw_nc
+            return
+        source = f"{self.path.name} output {model.graph.output[0].name!r}"
+        hint = (LayoutHint(self.layout_request, "--layout", names_count(meta.get("names"))) if self.layout_request
+                else hint_from_metadata(meta, str(self.path)))
+        self.decoder = OutputDecoder(hint, source=source, nc_min=self.nc_min)
+        self.decoder.probe(outputs[0])
+        self.nc = self.decoder.nc
 
     def activate(self, size: int) -> None:
         import onnxruntime as ort

@@ -1,6 +1,9 @@
 """Checkpoints: an upstream ``train.py`` checkpoint (the fused float model) or a trtqat PTQ/QAT one
 (fake-quant on, exactly as ``trtqat quantize`` evaluates it).
 
+The output layout (:mod:`trtqat.eval.layouts`) is the model's: ``--layout`` when given, else its family's
+``output_layout`` (``yolov5`` for YOLOv5/YOLOv7), checked on the first batch.
+
 Security: loading a ``.pt`` runs ``torch.load(weights_only=False)``, i.e. code named in the pickle; it only
 happens for files the user names on the command line.
 """
@@ -12,6 +15,7 @@ import torch
 
 from ...errors import InputError, UsageError
 from ..fidelity import decoded_predictions
+from ..layouts import OutputDecoder, module_hint
 from .base import Runner, missing_file
 
 
@@ -59,6 +63,8 @@ class CheckpointRunner(Runner):
         if self.nc is None:
             raise InputError(f"{self.path}: the last layer has no class count (nc); not a YOLO detect model",
                              "Pass a YOLOv5/YOLOv7 checkpoint")
+        self.decoder = OutputDecoder(module_hint(model, self.layout_request, family=loaded.family),
+                                     source=f"{self.path.name} output", nc_min=self.nc_min)
         self.model = to_device(model.eval(), self.device)
 
     def deactivate(self) -> None:

@@ -6,8 +6,10 @@ Written against the name-based tensor API of TensorRT >= 8.5 (``num_io_tensors``
 here, only when an engine is evaluated; without it the user gets one line naming the install.
 
 An engine carries no metadata, so a raw-head engine cannot be decoded (no anchors): it is refused with a
-hint to build from a ``--head decoded`` export. An engine built for another TensorRT version or GPU does not
-deserialize; that is reported in one line too.
+hint to build from a ``--head decoded`` export. The output layout (:mod:`trtqat.eval.layouts`) comes from
+``--layout``, else from the metadata of the ONNX named in ``<engine>.build.json`` (``trtqat build``) when
+that file is still there, else from the output shape, checked like an ONNX's. An engine built for another
+TensorRT version or GPU does not deserialize; that is reported in one line too.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 from ..._deps import require
 from ...errors import InputError
+from ..layouts import LayoutHint, OutputDecoder, engine_hint
 from .base import Runner, missing_file
 from .onnx_runner import classify_outputs, square_size
 
@@ -64,11 +67,17 @@ class TensorRTRunner(Runner):
             self.fixed_batch = b
         else:  # dynamic batch: the first optimization profile's maximum
             self.max_batch = int(tuple(self.engine.get_tensor_profile_shape(name, 0)[2])[0])
-        self.head, self.nc = classify_outputs([list(self.engine.get_tensor_shape(o)) for o in self.outputs],
-                                              str(self.path))
+        shapes = [list(self.engine.get_tensor_shape(o)) for o in self.outputs]
+        self.head, _ = classify_outputs(shapes, str(self.path))
         if self.head == "raw":
             raise InputError(f"{self.path} outputs the raw detect head, and an engine carries no anchors to decode it",
                              "Build the engine from an export with --head decoded, or evaluate that ONNX")
+        hint = engine_hint(self.path)
+        if self.layout_request:
+            hint = LayoutHint(self.layout_request, "--layout", hint.nc)
+        self.decoder = OutputDecoder(hint, source=f"{self.path.name} output {self.outputs[0]!r}", nc_min=self.nc_min)
+        self.decoder.probe(shapes[0])
+        self.nc = self.decoder.nc
         self.kind = None
 
     def activate(self, size: int) -> None:

@@ -1,0 +1,117 @@
+"""Issue 27 item 5: the family of an ONNX from its exporter's metadata, else from its head's structure (a
+whole block, never one op), and ``trtqat lint`` saying which it found and from what."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from trtqat.cli import main
+from trtqat.graph.family_detect import Family, detect_onnx_family, family_from_graph, family_from_metadata
+from trtqat.graph.qdq import graph_from_model
+
+
+def _model(nodes, inits, out_shape, metadata=None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    for k, v in (metadata or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    return model
+
+
+def dfl_head(weights=None, metadata=None) -> onnx.ModelProto:
+    """[1, 64, 8, 8] -> [1, 4, 16, 64] -> bins first -> Softmax -> 1x1 conv (weights 0..15) -> distances."""
+    w = np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1) if weights is None else weights
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="dfl/Reshape"),
+             helper.make_node("Transpose", ["r"], ["t"], name="dfl/Transpose", perm=[0, 2, 1, 3]),
+             helper.make_node("Softmax", ["t"], ["s"], name="dfl/Softmax", axis=1),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="dfl/conv/Conv")]
+    return _model(nodes, {"shape": np.array([1, 4, 16, 64], np.int64), "w": w}, [1, 1, 4, 64], metadata)
+
+
+def classifier_softmax() -> onnx.ModelProto:
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"], name="gap"),
+             helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1)]
+    return _model(nodes, {}, [1, 64, 1, 1])
+
+
+def pools(kind: str, neck: bool) -> onnx.ModelProto:
+    """A 2x2/s2 MaxPool (VGG or a YOLOv7 MP block) or an SPPF chain, with or without an upsample + Concat."""
+    if kind == "mp":
+        nodes = [helper.make_node("MaxPool", ["x"], ["m"], name="mp", kernel_shape=[2, 2], strides=[2, 2])]
+        last, shape = "m", [1, 64, 4, 4]
+    else:
+        nodes = [helper.make_node("MaxPool", [a], [b], name=b, kernel_shape=[5, 5], pads=[2, 2, 2, 2])
+                 for a, b in (("x", "m1"), ("m1", "m2"), ("m2", "m3"))]
+        last, shape = "m3", [1, 64, 8, 8]
+    inits = {}
+    if neck:
+        nodes += [helper.make_node("Resize", [last, "", "scales"], ["u"], name="up", mode="nearest"),
+                  helper.make_node("Concat", ["u", "u"], ["y"], name="cat", axis=1)]
+        inits["scales"] = np.array([1, 1, 2, 2], np.float32)
+        shape = [1, 128, shape[2] * 2, shape[3] * 2]
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
+    return _model(nodes, inits, shape)
+
+
+@pytest.mark.parametrize("build,expected", [
+    (lambda: dfl_head(), "yolov8"),
+    (lambda: dfl_head(np.ones((1, 16, 1, 1), np.float32)), "unknown"),  # a softmax-weighted sum, not a DFL
+    (classifier_softmax, "unknown"),  # a Softmax alone proves nothing
+    (lambda: pools("mp", neck=False), "unknown"),  # VGG's 2x2 MaxPool
+    (lambda: pools("mp", neck=True), "yolov7"),
+    (lambda: pools("sppf", neck=True), "yolov5"),
+    (lambda: pools("sppf", neck=False), "unknown"),
+])
+def test_family_from_structure(build, expected):
+    assert family_from_graph(graph_from_model(build())) == expected
+
+
+@pytest.mark.parametrize("meta,expected", [
+    ({"task": "detect", "end2end": "True", "author": "Ultralytics"}, "yolov8"),
+    ({"task": "detect", "names": "{0: 'a'}"}, "yolov8"),
+    ({"trtqat_version": "0.1", "family": "yolov7"}, "yolov7"),
+    ({"family": "yolov7"}, None),  # not trtqat's: not trusted
+    ({"stride": "32", "names": "{0: 'a'}"}, None),  # YOLOv5's exporter writes these, and so might others
+    ({}, None),
+])
+def test_family_from_metadata(meta, expected):
+    assert family_from_metadata(meta) == expected
+
+
+def test_metadata_wins_over_structure_and_says_so():
+    graph = graph_from_model(pools("sppf", neck=True))
+    assert detect_onnx_family(graph, {"task": "detect", "end2end": "False"}) == Family("yolov8", "metadata")
+    assert detect_onnx_family(graph) == Family("yolov5", "structure")
+    assert detect_onnx_family(graph_from_model(classifier_softmax()), {}) == Family("unknown")
+    assert Family("yolov8", "metadata").label() == "yolov8 (metadata)" and Family("unknown").label() == "unknown"
+
+
+def _lint(path, *extra):
+    return CliRunner().invoke(main, ["lint", str(path), *extra])
+
+
+def test_lint_says_which_family_and_from_what(tmp_path):
+    ultra = tmp_path / "yolo11n.onnx"
+    onnx.save(dfl_head(metadata={"task": "detect", "end2end": "False", "author": "Ultralytics"}), ultra)
+    r = _lint(ultra)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].endswith("; family: yolov8 (metadata)")
+    s = json.loads(_lint(ultra, "--json").stdout)["summary"]
+    assert (s["family"], s["family_from"]) == ("yolov8", "metadata")
+    bare = tmp_path / "dfl.onnx"
+    onnx.save(dfl_head(), bare)
+    assert _lint(bare).stdout.splitlines()[0].endswith("; family: yolov8 (structure)")
+    other = tmp_path / "classifier.onnx"
+    onnx.save(classifier_softmax(), other)
+    first = _lint(other).stdout.splitlines()[0]
+    assert "family" not in first
+    s = json.loads(_lint(other, "--json").stdout)["summary"]
+    assert (s["family"], s["family_from"]) == ("unknown", None)
