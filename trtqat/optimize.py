@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 
 from .calib.amax import METHODS, balanced_mse_amax, histogram_amax
 from .errors import InputError, UsageError, VerificationError
-from .graph.family_detect import family_from_graph
+from .graph.family_detect import detect_onnx_family
 from .graph.float_head import HeadConv, float_head_outputs
 from .graph.insert_qdq import Insertion, apply_insertions, plan_insertions
 from .graph.lint import lint_model
@@ -81,6 +81,7 @@ class OptimizeReport:
     """What ``optimize`` did and measured; ``to_dict`` is the ``--json`` schema."""
 
     family: str = ""
+    family_from: str = ""  # "--family" | "metadata" | "structure" | "" (unknown)
     policy: tuple[str, ...] = ()
     calibrated: bool = False
     method: str = ""
@@ -96,8 +97,9 @@ class OptimizeReport:
     checker: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "policy": list(self.policy), "calibrated": self.calibrated,
-                "method": self.method, "recalibrate": self.recalibrate, "normalize": self.normalize.to_dict(),
+        return {"family": self.family, "family_from": self.family_from, "policy": list(self.policy),
+                "calibrated": self.calibrated, "method": self.method, "recalibrate": self.recalibrate,
+                "normalize": self.normalize.to_dict(),
                 "head": [h.to_dict() for h in self.head],
                 "groups": [g.to_dict() for g in self.groups],
                 "groups_changed": sum(g.changed for g in self.groups if g.rules != ALONE),
@@ -151,7 +153,11 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
                          "needs quantizing first (trtqat quantize, or ModelOpt's ONNX PTQ)")
     report.normalize = normalize_qdq(graph)
     _refuse_parser_errors(graph, label)
-    report.family = cfg.family or family_from_graph(graph)
+    if cfg.family:
+        report.family, report.family_from = cfg.family, "--family"
+    else:
+        found = detect_onnx_family(graph, {p.key: p.value for p in model.metadata_props})
+        report.family, report.family_from = found.name, found.source or ""
     policy = load_policy_file(policy_file(report.family, cfg.rules_file))
     report.policy = policy.sources
     report.head = float_head_outputs(graph, policy)

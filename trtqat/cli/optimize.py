@@ -45,7 +45,7 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     again (no floor): for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned
     scales.
     \b
-    JSON (--json): family, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
+    JSON (--json): family, family_from, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
       qparams_folded, duplicate_q_merged, duplicate_dq_merged}, head [{node, tensor, floated, reason}],
       groups [{q_nodes, rules, ops, scales_before, scale, source, changed}] (rules ["recalibrate"]: an
       ungrouped Q, --recalibrate all), groups_changed (tied groups only), recalibrated_alone,
@@ -71,7 +71,8 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
 
 def _print(r, save: Path) -> None:
     n = r.normalize
-    say(f"family {r.family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
+    family = f"{r.family} ({r.family_from})" if r.family_from else r.family
+    say(f"family {family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
         f"Casts removed, {n.qparams_folded} scale/zero-point producers folded, {n.duplicate_q_merged} duplicate Q "
         f"and {n.duplicate_dq_merged} duplicate DQ merged")
     if r.head:
