@@ -204,8 +204,10 @@ def test_write_repo_files_and_torchvision_variant(tmp_path):
     tv = fixtures.write_repo("yolov5", tmp_path / "tv", import_torchvision=True)
     assert (tv / "models/common.py").read_text().splitlines()[0].startswith("import torchvision")
     assert "torchvision" not in (plain / "models/common.py").read_text()
-    with pytest.raises(ValueError, match="yolov8"):
-        fixtures.write_repo("yolov8", tmp_path / "x")
+    with pytest.raises(ValueError, match="yolov9"):
+        fixtures.write_repo("yolov9", tmp_path / "x")
+    ultra = fixtures.write_repo("yolo11", tmp_path / "ultra")  # one scratch ultralytics package for v8/11/26
+    assert sorted(str(p.relative_to(ultra)) for p in ultra.rglob("*.py")) == sorted(fixtures.ULTRALYTICS_FILES)
 
 
 def test_make_images_sizes_formats_labels(tmp_path):

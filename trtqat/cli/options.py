@@ -24,8 +24,9 @@ def _compose(*decorators):
 
 repo_option = click.option(
     "--repo", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="TRTQAT_REPO",
-    help="Your YOLOv5/YOLOv7 clone, needed to unpickle upstream classes "
-         "[env TRTQAT_REPO; default: the current folder if it is a YOLO repo].")
+    help="Your YOLOv5/YOLOv7 clone, needed to unpickle upstream classes; Ultralytics YOLOv8/YOLO11/YOLO26 "
+         "checkpoints need none (the installed ultralytics package is used; a folder containing an ultralytics/ "
+         "package is accepted) [env TRTQAT_REPO; default: the current folder if it is a YOLO repo].")
 
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 
@@ -50,7 +51,8 @@ trtexec_options = _compose(
 ignore_option = click.option(
     "--ignore-policy", "ignore", multiple=True, metavar="REGEX",
     help=r"Keep modules whose dotted name matches (re.match) in float; repeatable. Added to the family "
-         r"default, which keeps the final detect convs in float (e.g. 'model\.105\.m\..*').")
+         r"default, which keeps the final detect convs in float (e.g. 'model\.105\.m\..*'; Ultralytics: the "
+         r"last conv of each cv2/cv3 branch and the DFL). A pattern matching no module is warned about.")
 
 rules_file_option = click.option("--rules", "rules_file", type=click.Path(path_type=Path), default=None,
                                  help="Policy file (YAML) instead of rules/<family>.yaml.")

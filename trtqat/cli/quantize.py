@@ -19,7 +19,8 @@ from .options import (
 from .output import emit_json, print_table, say
 
 
-@click.command(name="quantize", help=f"""Quantize CKPT (a YOLOv5/YOLOv7 train.py checkpoint) with PTQ, optionally QAT.
+@click.command(name="quantize", help=f"""Quantize CKPT (a YOLOv5/YOLOv7 train.py checkpoint, or an Ultralytics
+YOLOv8/YOLO11/YOLO26 one: YOLO(...).save() or a trainer last.pt/best.pt) with PTQ, optionally QAT.
 
 A trtqat PTQ/QAT checkpoint is refused (it is calibrated already): measure it with 'trtqat eval'.
 
@@ -139,6 +140,11 @@ def _print_eval(result: dict, origin_skipped: bool) -> None:
         say("--eval-origin: without labels the float model is the reference (fidelity 1.0, agreement 1.0)")
 
 
+#: FamilyInfo.output_layout -> what the decoded output holds
+_LAYOUTS = {"yolov5": "yolov5 [B, N, 5+nc]", "ultralytics": "ultralytics [B, 4+nc, N]",
+            "end2end": "end2end [B, max_det, 6] (NMS-free)"}
+
+
 def _listing(why: dict[str, str], limit: int = 8) -> str:
     """``module: reason`` lines, at most ``limit`` of them."""
     lines = [f"{m}: {r}" for m, r in list(why.items())[:limit]]
@@ -147,12 +153,15 @@ def _listing(why: dict[str, str], limit: int = 8) -> str:
 
 def _rows(s: dict) -> list[tuple[str, str]]:
     calib = s["calib"] or {}
-    rows = [("family", f"{s['family']} (detect: {s['detect']})"),
+    family = f"{s['family']} {s['version']}" if s.get("version") else s["family"]
+    rows = [("family", f"{family} (detect: {s['detect']})"),
+            ("output layout", _LAYOUTS.get(s.get("output_layout") or "", s.get("output_layout") or "-")),
             ("quantized modules", ", ".join(f"{k}: {v}" for k, v in sorted(s["quantized"].items())) or "none"),
             ("placement", s.get("placement") or "-"),
             ("kept float (why)", _listing(s.get("float") or dict.fromkeys(s["ignored"], "ignored"))),
             ("INT8 input, float output", _listing(s.get("converted") or {})),
             ("ignore patterns (regex)", " | ".join(s["ignore_policy"]) or "-"),
+            *([("ignore patterns matching nothing", " | ".join(s["unmatched_ignore"]))] if s.get("unmatched_ignore") else []),
             ("scale-sharing groups", str(s["groups"])),
             ("calibration", f"{calib.get('method')} on {calib.get('images')} images in {calib.get('batches')} batches"),
             ("unreadable images skipped", str(s["skipped_images"])),

@@ -1,4 +1,4 @@
-"""Scratch YOLOv5/YOLOv7-shaped checkpoints, repos and images for trtqat's tests and ``trtqat demo``.
+"""Scratch YOLOv5/YOLOv7- and Ultralytics-shaped checkpoints, repos and images for trtqat's tests and ``trtqat demo``.
 
 Why a fake repo and a subprocess: an upstream checkpoint is a pickle of whole modules whose classes
 live in the top-level packages ``models`` and ``utils`` of the user's clone. To produce files with the
@@ -9,6 +9,12 @@ never imports a ``models`` package of its own (it would shadow the other family'
 The fake repos under ``trtqat/demo/repos/<family>/`` are written from scratch; they match upstream
 module names, attribute names and topology, not upstream code. This module imports only the standard
 library at load time (numpy/PIL are imported inside the image helpers, torch only in the child).
+
+The Ultralytics families (``yolov8``, ``yolo11``, ``yolo26``) share one scratch ``ultralytics`` package
+(``trtqat/demo/repos/ultralytics/ultralytics/``): :func:`write_repo` copies it into a folder that then
+*contains* ``ultralytics/`` (what ``--repo`` accepts for Ultralytics checkpoints), and the child pickles
+``ultralytics.nn.tasks.DetectionModel`` exactly as ``YOLO(...).save()`` (form ``"model"``) or the
+Ultralytics trainer (form ``"ema"``) writes it.
 """
 from __future__ import annotations
 
@@ -21,11 +27,18 @@ from pathlib import Path
 
 from .._io import atomic_path
 
-FAMILIES = ("yolov5", "yolov7")
-DETECT_INDEX = {"yolov5": 24, "yolov7": 105}
+FAMILIES = ("yolov5", "yolov7")  # upstream clones (top-level ``models``/``utils``)
+ULTRALYTICS_FAMILIES = ("yolov8", "yolo11", "yolo26")  # the ``ultralytics`` package
+ALL_FAMILIES = FAMILIES + ULTRALYTICS_FAMILIES
+DETECT_INDEX = {"yolov5": 24, "yolov7": 105, "yolov8": 22, "yolo11": 23, "yolo26": 23}
 FORMS = ("ema", "model", "train", "bare")
 REPOS_DIR = Path(__file__).resolve().parent / "repos"
 REPO_FILES = ("models/__init__.py", "models/common.py", "models/yolo.py", "utils/__init__.py")
+ULTRALYTICS_FILES = ("ultralytics/__init__.py", "ultralytics/nn/__init__.py", "ultralytics/nn/tasks.py",
+                     "ultralytics/nn/modules/__init__.py", "ultralytics/nn/modules/conv.py",
+                     "ultralytics/nn/modules/block.py", "ultralytics/nn/modules/head.py")
+#: what the Ultralytics fixtures write into a checkpoint's ``version`` (the release whose layout they copy)
+ULTRALYTICS_VERSION = "8.4.190"
 
 COCO_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -43,28 +56,39 @@ COCO80_TO_91 = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46
                 *range(72, 83), *range(84, 91))
 
 
-def _check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+def _check_family(family: str, allowed: tuple[str, ...] = FAMILIES) -> str:
+    if family not in allowed:
+        raise ValueError(f"unknown family {family!r}; expected one of {allowed}")
     return family
 
 
+def is_ultralytics_family(family: str) -> bool:
+    return family in ULTRALYTICS_FAMILIES
+
+
 def write_repo(family: str, dest: str | os.PathLike, *, import_torchvision: bool = False) -> Path:
-    """Copy the fake ``family`` repo (``models/``, ``utils/``) into ``dest`` and return ``dest``.
+    """Copy the fake ``family`` repo into ``dest`` and return ``dest``.
+
+    YOLOv5/YOLOv7: ``models/`` and ``utils/`` (a clone's layout). Ultralytics families: the scratch
+    ``ultralytics/`` package (one for all three versions), so ``dest`` is a folder containing ``ultralytics/``.
 
     Args:
-        family: ``"yolov5"`` or ``"yolov7"``.
+        family: one of ``ALL_FAMILIES``.
         dest: folder to create (existing files of the same names are overwritten).
-        import_torchvision: make ``models/common.py`` start with ``import torchvision`` like real clones,
-            to exercise trtqat's message when torchvision cannot be imported.
+        import_torchvision: make ``models/common.py`` (``ultralytics/__init__.py``) start with
+            ``import torchvision`` like real clones (and the real package), to exercise trtqat's message when
+            torchvision cannot be imported.
     """
-    src = REPOS_DIR / _check_family(family)
+    _check_family(family, ALL_FAMILIES)
+    ultra = is_ultralytics_family(family)
+    src = REPOS_DIR / ("ultralytics" if ultra else family)
+    first = "ultralytics/__init__.py" if ultra else "models/common.py"
     dest = Path(dest)
-    for rel in REPO_FILES:
+    for rel in ULTRALYTICS_FILES if ultra else REPO_FILES:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         text = (src / rel).read_text()
-        if import_torchvision and rel == "models/common.py":
+        if import_torchvision and rel == first:
             text = "import torchvision  # noqa: F401  (as in upstream clones)\n" + text
         target.write_text(text)
     return dest
@@ -72,13 +96,17 @@ def write_repo(family: str, dest: str | os.PathLike, *, import_torchvision: bool
 
 def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "ema", half: bool = True,
                     nc: int = 80, width: float | None = None, seed: int = 0,
-                    repo_dir: str | os.PathLike | None = None, name: str | None = None) -> tuple[Path, Path]:
+                    repo_dir: str | os.PathLike | None = None, name: str | None = None,
+                    scale: str = "t", end2end: bool = False) -> tuple[Path, Path]:
     """Build a scratch ``family`` model in a child Python and save it like upstream ``train.py`` does.
 
     Forms (what ``torch.load`` returns):
-      * ``"ema"``: training checkpoint, ``{'epoch': -1, ..., 'model': None, 'ema': module, ...}``.
+      * ``"ema"``: training checkpoint, ``{'epoch': -1, ..., 'model': None, 'ema': module, ...}``
+        (Ultralytics: the trainer's ``last.pt`` keys, ``train_args``, ``train_metrics``, ``git`` ...).
       * ``"model"``: a release file. YOLOv5: ``strip_optimizer`` output (``'model'`` set, ``'ema'`` None);
-        YOLOv7: ``{'model': module, 'optimizer': None, 'training_results': None, 'epoch': -1}``.
+        YOLOv7: ``{'model': module, 'optimizer': None, 'training_results': None, 'epoch': -1}``;
+        Ultralytics: what ``YOLO(...).save()`` writes, ``{'ema': None, 'model': module (fp16, train mode),
+        'modelopt': None, 'date', 'version', 'license', 'docs'}``.
       * ``"train"``: both ``'model'`` and ``'ema'`` set, to different weights (loaders must take ``ema``).
       * ``"bare"``: the module itself.
 
@@ -86,7 +114,7 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
     (and YOLOv7's ImplicitA/M perturbed), so outputs are non-degenerate and BN/implicit folding matters.
 
     Args:
-        family: ``"yolov5"`` or ``"yolov7"``.
+        family: one of ``ALL_FAMILIES`` (``yolov5``, ``yolov7``, ``yolov8``, ``yolo11``, ``yolo26``).
         dest_dir: folder for the checkpoint (and for the repo when ``repo_dir`` is None).
         form: one of ``FORMS``.
         half: store fp16 modules (as upstream does).
@@ -95,6 +123,10 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
         seed: torch seed for weights and BN statistics.
         repo_dir: an existing fake repo to use; by default one is written to ``dest_dir/repo_<family>``.
         name: checkpoint file name (default ``<family>_<form>.pt``).
+        scale: Ultralytics only: the model scale, ``"t"`` (the fixture's half-of-``n`` width, default) or
+            ``"n"`` (upstream's nano; the parameter counts match upstream's exactly). ``width`` is ignored.
+        end2end: YOLO26 only: save the head with its NMS-free one-to-one branch selected
+            (``model.end2end = True``); upstream 8.4 saves it unselected (one-to-many output plus NMS).
 
     Returns:
         ``(checkpoint_path, repo_dir)``.
@@ -102,19 +134,23 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
     Raises:
         RuntimeError: the child process failed (its stderr is in the message).
     """
-    _check_family(family)
+    _check_family(family, ALL_FAMILIES)
     if form not in FORMS:
         raise ValueError(f"unknown checkpoint form {form!r}; expected one of {FORMS}")
+    if end2end and family != "yolo26":
+        raise ValueError(f"end2end=True needs a head with a one-to-one branch (yolo26), not {family}")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     repo = Path(repo_dir) if repo_dir is not None else write_repo(family, dest_dir / f"repo_{family}")
     ckpt = dest_dir / (name or f"{family}_{form}.pt")
     spec = {"family": family, "form": form, "half": half, "nc": nc, "width": width, "seed": seed,
-            "repo": str(repo.resolve()), "names": list(COCO_NAMES)}
+            "repo": str(repo.resolve()), "names": list(COCO_NAMES), "scale": scale, "end2end": end2end,
+            "version": ULTRALYTICS_VERSION}
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    child = _ULTRALYTICS_CHILD if is_ultralytics_family(family) else _CHILD
     with atomic_path(ckpt) as tmp:
         spec["out"] = str(tmp)
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], check=False,
+        proc = subprocess.run([sys.executable, "-c", child, json.dumps(spec)], check=False,
                               capture_output=True, text=True, env=env, cwd=str(repo))
         if proc.returncode != 0:
             raise RuntimeError(f"building the {family} checkpoint failed:\n{proc.stderr[-4000:]}")
@@ -213,6 +249,93 @@ else:
         ckpt.update({"opt": opt, "git": None, "date": "2023-01-01T00:00:00"})
     else:
         ckpt.update({"training_results": None, "wandb_id": None})
+torch.save(ckpt, spec["out"])
+"""
+
+
+# Runs in the child with the folder holding the scratch ``ultralytics`` package first on sys.path.
+_ULTRALYTICS_CHILD = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["repo"])
+import torch
+import torch.nn as nn
+from ultralytics.nn.tasks import DetectionModel
+
+CFG = f"{spec['family']}{spec['scale']}.yaml"
+NAMES = spec["names"]
+STAMP = "2025-01-01T00:00:00.000000+00:00"
+
+
+def build(seed):
+    torch.manual_seed(seed)
+    model = DetectionModel(CFG, nc=spec["nc"], verbose=False)
+    names = list(NAMES) if spec["nc"] == len(NAMES) else [f"class{i}" for i in range(spec["nc"])]
+    model.names = dict(enumerate(names))  # Ultralytics stores {index: name}
+    model.args = {"task": "detect", "mode": "train", "model": CFG, "data": None, "imgsz": 640, "nms": None}
+    model.task = "detect"
+    realistic_statistics(model, seed)
+    if spec["end2end"]:
+        model.end2end = True
+    return model
+
+
+@torch.no_grad()
+def realistic_statistics(model, seed):
+    # As for the YOLOv5/YOLOv7 fixtures: random BN affine, running statistics measured on image-like input,
+    # then a small offset; the head's output convs scaled down and class biases set to moderate logits so that
+    # scores are neither saturated nor all below the usual 0.001 confidence threshold.
+    g = torch.Generator().manual_seed(seed + 1000)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        c = bn.num_features
+        bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.4, generator=g))
+        bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for _ in range(2):
+        smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 10, 10, generator=g), size=160,
+                                                 mode="bilinear", align_corners=False)
+        model((0.85 * smooth + 0.15 * torch.rand(4, 3, 160, 160, generator=g)).clamp(0, 1))
+    for bn in bns:
+        c = bn.num_features
+        bn.momentum = 0.03
+        bn.running_mean.add_(torch.randn(c, generator=g) * 0.05 * bn.running_var.sqrt())
+        bn.running_var.mul_(torch.empty(c).uniform_(0.9, 1.1, generator=g))
+    head = model.model[-1]
+    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        for branch in getattr(head, attr, None) or []:
+            branch[-1].weight.mul_(0.2)
+            if attr.endswith("cv3"):
+                branch[-1].bias.copy_(torch.empty(branch[-1].bias.shape).uniform_(-5.0, -2.0, generator=g))
+
+
+def half(model, train_mode):
+    model = model.half() if spec["half"] else model.float()
+    model.train(train_mode)
+    for p in model.parameters():
+        p.requires_grad_(train_mode)
+    return model
+
+
+form = spec["form"]
+meta = {"date": STAMP, "version": spec["version"]}
+if form == "bare":
+    ckpt = half(build(spec["seed"]), False)
+elif form == "model":  # YOLO(...).save(): the module as held in memory (train mode), fp16
+    ckpt = {"ema": None, "model": half(build(spec["seed"]), True), "modelopt": None, **meta,
+            "license": "AGPL-3.0 License (https://ultralytics.com/license)", "docs": "https://docs.ultralytics.com"}
+else:  # the trainer's last.pt / best.pt: the EMA module (eval mode, no grad), fp16
+    ema = half(build(spec["seed"]), False)
+    model = half(build(spec["seed"] + 1), False) if form == "train" else None
+    args = {"task": "detect", "mode": "train", "model": CFG, "data": "coco8.yaml", "epochs": 100, "imgsz": 640,
+            "batch": 16, "nms": None}
+    ckpt = {"epoch": 99, "best_fitness": 0.5, "stopper": {"best_fitness": 0.5, "best_epoch": 99}, "model": model,
+            "ema": ema, "updates": 1000, "modelopt": None, "optimizer": None, "scaler": None, "train_args": args,
+            "train_metrics": {"metrics/mAP50-95(B)": 0.5, "fitness": 0.5}, "train_results": {}, **meta,
+            "git": {"root": None, "branch": None, "commit": None, "message": None, "origin": None},
+            "license": "AGPL-3.0 (https://ultralytics.com/license)", "docs": "https://docs.ultralytics.com"}
 torch.save(ckpt, spec["out"])
 """
 

@@ -1,4 +1,9 @@
-"""Load the checkpoints upstream YOLOv5/YOLOv7 ``train.py`` writes, with one-line errors for bad input.
+"""Load the checkpoints upstream YOLOv5/YOLOv7 ``train.py`` writes, and Ultralytics YOLOv8/YOLO11/YOLO26
+checkpoints (``YOLO.save()``, trainer ``last.pt``/``best.pt``), with one-line errors for bad input.
+
+Ultralytics checkpoints pickle ``ultralytics.nn.tasks.DetectionModel``: unpickling imports the installed
+``ultralytics`` package (trtqat never imports it otherwise and does not depend on it); without it the
+error names ``pip install ultralytics``.
 
 Security: a ``.pt`` checkpoint is a pickle. ``torch.load(..., weights_only=False)`` executes code named in
 the file (it imports upstream classes and may run anything). trtqat only loads files the user names
@@ -16,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .family import FamilyInfo, detect_family
-from .repo import ENV_REPO, resolve_repo, upstream_on_path
+from .family import FamilyInfo, check_supported, detect_family
+from .repo import ENV_REPO, ULTRALYTICS, looks_like_ultralytics_root, resolve_repo, upstream_on_path
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,16 @@ def _raised_in(exc: BaseException, package: str) -> bool:
     return package in str(exc) or any(package in f.parts for f in _frames(exc))
 
 
+def _raised_in_package(exc: BaseException, package: str) -> bool:
+    """True when a frame of the failure runs code of the top-level package ``package`` (by module name)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == package:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _raised_in_repo(exc: BaseException, repo: Path | None) -> bool:
     """True when the failure happened while running code of the upstream clone (its imports)."""
     return repo is not None and any(repo in f.resolve().parents for f in _frames(exc) if f.is_absolute())
@@ -97,6 +112,10 @@ def _load_error(exc: Exception, path: Path, repo: Path | None) -> InputError:
         return _torchvision_error(exc, repo)
     if isinstance(exc, ImportError):
         return _import_error(exc, path, repo)
+    if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc) and f"'{ULTRALYTICS}." in str(exc):
+        return InputError(f"{path.name} needs a class that the imported ultralytics package ({_ultralytics_origin(repo)}) "
+                          f"does not define ({_first_line(exc)})",
+                          "Install the Ultralytics release that wrote the checkpoint (pip install -U ultralytics)")
     if isinstance(exc, AttributeError) and "Can't get attribute" in str(exc):
         where = f"--repo {repo}" if repo else "the imported upstream code"
         return InputError(f"{path.name} needs a class that {where} does not define ({_first_line(exc)})",
@@ -122,9 +141,39 @@ def _import_error(exc: ImportError, path: Path, repo: Path | None) -> InputError
     if repo is not None and top in ("models", "utils"):
         return InputError(f"module '{missing}' needed by {path.name} is not in --repo {repo}",
                           "Pass the clone (and version) the checkpoint was trained with")
+    if top == ULTRALYTICS:
+        return _ultralytics_missing(missing, path, repo)
+    if _raised_in_package(exc, ULTRALYTICS):  # the ultralytics package is there but one of its dependencies is not
+        return InputError(f"importing the ultralytics package ({_ultralytics_origin(repo)}) failed while loading "
+                          f"{path.name}: {_first_line(exc)}",
+                          "Install Ultralytics with its dependencies (pip install ultralytics)")
     where = f" while importing upstream code from {repo}" if repo else ""
     return InputError(f"importing '{missing or exc}' failed{where}: {_first_line(exc)}",
                       "Install the upstream repo's requirements (pip install -r requirements.txt)")
+
+
+def _ultralytics_origin(repo: Path | None) -> str:
+    return f"from --repo {repo}" if repo is not None and looks_like_ultralytics_root(repo) else "installed"
+
+
+def _ultralytics_missing(missing: str, path: Path, repo: Path | None) -> InputError:
+    """An Ultralytics checkpoint whose ``ultralytics`` modules cannot be imported: the package is missing, or
+    it is another release (a module the checkpoint names is not in it)."""
+    import importlib.util
+
+    if repo is not None and looks_like_ultralytics_root(repo):
+        return InputError(f"module '{missing}' needed by {path.name} is not in the ultralytics package of --repo {repo}",
+                          "Use the Ultralytics release that wrote the checkpoint, or drop --repo to use the installed one")
+    try:
+        installed = importlib.util.find_spec(ULTRALYTICS) is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed or missing == ULTRALYTICS:
+        return InputError(f"{path.name} is an Ultralytics checkpoint (it pickles classes of the 'ultralytics' "
+                          "package) and the ultralytics package is not installed",
+                          "Install it: pip install ultralytics (trtqat needs it only to read such checkpoints)")
+    return InputError(f"{path.name} needs module '{missing}', which the installed ultralytics package does not have",
+                      "Install the Ultralytics release that wrote the checkpoint (pip install -U ultralytics)")
 
 
 def _torchvision_error(exc: BaseException, repo: Path | None) -> InputError:
@@ -164,13 +213,19 @@ def extract_module(obj: Any, path: Path) -> tuple[Any, str | None]:
 
 
 def load_checkpoint(path: str | Path, repo: str | Path | None = None) -> LoadedModel:
-    """Load an upstream YOLOv5/YOLOv7 checkpoint as a float32 eval-mode module with its family.
+    """Load a YOLOv5/YOLOv7 or Ultralytics checkpoint as a float32 eval-mode module with its family.
 
     Security: runs ``torch.load(weights_only=False)`` — only for files the user passed explicitly.
+
+    Raises:
+        InputError: unreadable file, classes that cannot be imported, or a model whose detect head trtqat
+            does not know (:func:`~trtqat.models.family.check_supported`: never quantized as another family).
     """
     path = Path(path)
     obj, repo_path = torch_load(path, repo)
     module, key = extract_module(obj, path)
     module = module.float().eval()
-    return LoadedModel(model=module, family=detect_family(module), path=path, repo=repo_path,
+    family = detect_family(module)
+    check_supported(family, str(path))
+    return LoadedModel(model=module, family=family, path=path, repo=repo_path,
                        source_key=key, extra=obj.get("trtqat", {}) if isinstance(obj, dict) else {})

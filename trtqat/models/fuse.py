@@ -5,12 +5,18 @@ YOLOv7's IDetect into the detect conv; quantizing the *fused* weights is what th
 calibration and QAT must see the fused model (this is the reference flow: upstream ``model.fuse()``
 before ``replace_to_quantization_module``).
 
-We call the upstream ``fuse()`` when the model has one (it knows its own blocks: RepConv, IDetect), and
-fall back to a generic Conv+BN fold for other models.
+We call the upstream ``fuse()`` when the model has one (it knows its own blocks: RepConv, IDetect; for
+Ultralytics it also drops the detect branch that does not run, e.g. YOLO26's one-to-many head when its
+one-to-one head runs), and fall back to a generic Conv+BN fold for other models.
+
+Ultralytics blocks that split a tensor in two (``C2f`` and its subclasses ``C3k2``...) are switched to
+their own ``forward_split`` as Ultralytics' exporter does: the same result, with a static ``Split`` in the
+ONNX graph instead of ``chunk``'s shape arithmetic (a ``Shape`` node reading a quantized tensor).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 
@@ -62,10 +68,32 @@ def is_fused(model) -> bool:
     return not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+def _quiet_kwargs(fuse) -> dict:
+    """``verbose=False`` where upstream ``fuse`` takes it (Ultralytics logs through handlers bound to the real
+    stdout, which ``redirect_stdout`` does not catch)."""
+    try:
+        return {"verbose": False} if "verbose" in inspect.signature(fuse).parameters else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def use_split_forward(model) -> int:
+    """Switch every Ultralytics block that has ``forward_split`` (C2f, C3k2 ...) to it, per instance; returns
+    how many. A no-op for other families."""
+    n = 0
+    for m in model.modules():
+        if type(m).__module__.split(".")[0] == "ultralytics" and callable(getattr(m, "forward_split", None)):
+            if getattr(m, "forward", None) != m.forward_split:
+                m.forward = m.forward_split
+                n += 1
+    return n
+
+
 def fuse_model(model):
     """Fuse ``model`` in place the way upstream deployment does; return it (eval mode)."""
     model.eval()
     if is_fused(model):
+        use_split_forward(model)
         return model
     if callable(getattr(model, "fuse", None)):
         import torch
@@ -73,8 +101,9 @@ def fuse_model(model):
         # upstream fuse() prints a banner; YOLOv7's IDetect.fuse updates biases in place, which fails on
         # parameters that require grad (a hand-saved or `model` entry): fuse without autograd
         with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            out = model.fuse()
+            out = model.fuse(**_quiet_kwargs(model.fuse))
         model = out if out is not None else model
     else:
         log.info("model has no fuse(); folding Conv+BN generically (%d folded)", generic_fuse(model))
+    use_split_forward(model)
     return model.eval()

@@ -4,6 +4,12 @@ Why: a checkpoint written by upstream ``train.py`` pickles whole modules (``mode
 ``models.common.Conv`` ...). Unpickling imports those classes, so the user's clone must be importable
 as the top-level packages ``models`` and ``utils``. Two clones (a YOLOv5 and a YOLOv7) both provide a
 package called ``models``; switching between them in one process needs the stale modules dropped first.
+
+Ultralytics checkpoints (YOLOv8/YOLO11/YOLO26) pickle classes of the installed ``ultralytics`` package
+(``ultralytics.nn.tasks.DetectionModel``): they need no ``--repo``. ``--repo`` may still name a folder that
+*contains* an ``ultralytics/`` package (a source checkout of Ultralytics, or trtqat's test fixture written
+by :func:`trtqat.demo.fixtures.write_repo`); it is then imported instead of the installed one. ``--repo``
+naming the ``ultralytics`` package folder itself is refused with a line saying that no ``--repo`` is needed.
 """
 from __future__ import annotations
 
@@ -17,11 +23,23 @@ from ..errors import InputError
 
 ENV_REPO = "TRTQAT_REPO"
 _TOP_LEVEL = ("models", "utils")
+ULTRALYTICS = "ultralytics"
 
 
 def looks_like_yolo_repo(path: Path) -> bool:
     """A YOLOv5/YOLOv7 clone has ``models/yolo.py`` and ``models/common.py``."""
     return (path / "models" / "yolo.py").is_file() and (path / "models" / "common.py").is_file()
+
+
+def looks_like_ultralytics_root(path: Path) -> bool:
+    """A folder containing an ``ultralytics`` package (``ultralytics/nn/tasks.py``): a source checkout of
+    Ultralytics, or trtqat's fixture package."""
+    return (path / ULTRALYTICS / "nn" / "tasks.py").is_file()
+
+
+def is_ultralytics_package(path: Path) -> bool:
+    """The ``ultralytics`` package folder itself (``site-packages/ultralytics``)."""
+    return (path / "__init__.py").is_file() and (path / "nn" / "tasks.py").is_file()
 
 
 def resolve_repo(repo: str | os.PathLike | None) -> Path | None:
@@ -37,9 +55,15 @@ def resolve_repo(repo: str | os.PathLike | None) -> Path | None:
         if not path.is_dir():
             raise InputError(f"{origin} folder not found: {path}",
                              "Pass the folder of your YOLOv5/YOLOv7 clone (the one containing models/yolo.py)")
-        if not looks_like_yolo_repo(path):
-            raise InputError(f"{origin} {path} does not look like a YOLOv5/YOLOv7 clone (no models/yolo.py)",
-                             "Pass the root folder of the clone the checkpoint was trained with")
+        if is_ultralytics_package(path) and not looks_like_yolo_repo(path):
+            raise InputError(f"{origin} {path} is the ultralytics package itself, and Ultralytics checkpoints "
+                             "(YOLOv8/YOLO11/YOLO26) need no --repo: trtqat imports the installed ultralytics package",
+                             f"Drop {origin} (or pass the folder that contains ultralytics/, e.g. a source checkout)")
+        if not looks_like_yolo_repo(path) and not looks_like_ultralytics_root(path):
+            raise InputError(f"{origin} {path} does not look like a YOLOv5/YOLOv7 clone (no models/yolo.py) nor "
+                             "like a folder holding an ultralytics/ package",
+                             "Pass the root folder of the clone the checkpoint was trained with; Ultralytics "
+                             "checkpoints (YOLOv8/YOLO11/YOLO26) need no --repo")
         return path
     cwd = Path.cwd()
     return cwd if looks_like_yolo_repo(cwd) else None
@@ -61,10 +85,12 @@ def _module_root(mod) -> Path | None:
 
 
 def purge_foreign_modules(repo: Path | None) -> None:
-    """Drop already-imported ``models``/``utils`` packages that do not come from ``repo``."""
+    """Drop already-imported ``models``/``utils`` packages that do not come from ``repo`` (and an imported
+    ``ultralytics`` of another origin when ``repo`` holds its own ``ultralytics/`` package)."""
+    tops = _TOP_LEVEL + ((ULTRALYTICS,) if repo is not None and looks_like_ultralytics_root(repo) else ())
     for name in list(sys.modules):
         top = name.split(".")[0]
-        if top not in _TOP_LEVEL:
+        if top not in tops:
             continue
         root = _module_root(sys.modules[name]) if sys.modules[name] is not None else None
         if repo is None or root is None or root != repo:

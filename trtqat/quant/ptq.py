@@ -85,10 +85,13 @@ class PtqResult:
     placement: str = ""  # e.g. "rules (scale sharing, TQ007 quantize-input)", "--no-rules baseline"
 
     def summary(self) -> dict:
-        return {"family": self.loaded.family.name, "detect": self.loaded.family.detect_name,
+        fam = self.loaded.family
+        return {"family": fam.name, "version": fam.version, "output_layout": fam.output_layout,
+                "detect": fam.detect_name,
                 "quantized": dict(self.replaced.quantized), "ignored": self.replaced.ignored,
                 "float": dict(self.replaced.float_why), "converted": dict(self.replaced.converted),
-                "ignore_policy": list(self.ignore), "groups": len(self.groups), "placement": self.placement,
+                "ignore_policy": list(self.ignore), "unmatched_ignore": list(self.replaced.unmatched),
+                "groups": len(self.groups), "placement": self.placement,
                 "calib": self.calib.to_dict() if self.calib else None, "skipped_images": self.skipped_images,
                 "seconds": round(self.seconds, 2), "saved": str(self.saved) if self.saved else None}
 
@@ -199,7 +202,8 @@ def run_ptq(ckpt: str | Path, *, repo: str | Path | None, calib: CalibConfig, qc
                     skipped_images=stream.skipped, placement=replaced.placement)
     if out is not None:
         res.saved = save_quantized(model, out, {
-            "kind": "ptq", "family": loaded.family.name, "source": str(loaded.path), "size": calib.size,
+            "kind": "ptq", "family": loaded.family.name, "version": loaded.family.version,
+            "output_layout": loaded.family.output_layout, "source": str(loaded.path), "size": calib.size,
             "calib": {**result.to_dict(), "percentile": calib.percentile, "skipped_images": stream.skipped,
                       "calib_dir": str(calib.calib_dir)},
             "ignore": list(ignore), "groups": [g.to_dict() if hasattr(g, "to_dict") else g for g in groups],

@@ -11,10 +11,14 @@ What gets quantized, and why (TensorRT explicit quantization):
 - AvgPool2d / AdaptiveAvgPool2d: quantizable non-weighted layers.
 
 Modules whose dotted name matches an ignore regex (``re.match``, anchored at the start) stay float;
-the family default keeps the detect head's output convs in float.
+the family default keeps the detect head's output convs in float. A pattern that keeps nothing float (it
+matches no quantizable module) is logged as a warning and listed in ``ReplaceReport.unmatched``: a
+pattern meant for another model or family must not pass silently (the YOLOv5-style pattern ``<detect>.m.*``
+on an Ultralytics model left every head conv INT8).
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ from pytorch_quantization import nn as qnn
 from ..errors import UsageError
 from .quantizers import WEIGHT_AXIS, input_quantizer, weight_quantizer
 from .residual import is_residual_block, quantize_residual
+
+log = logging.getLogger(__name__)
 
 #: float type -> (quant type, has weight)
 QUANT_MAP: dict[type, tuple[type, bool]] = {
@@ -48,10 +54,11 @@ class ReplaceReport:
     float_why: dict[str, str] = field(default_factory=dict)  # ignored module -> why it stays float
     converted: dict[str, str] = field(default_factory=dict)  # module a rule gave an INT8 input -> how
     placement: str = ""  # the placement that produced this: rules, --no-share or the --no-rules baseline
+    unmatched: list[str] = field(default_factory=list)  # ignore patterns that kept no module float
 
     def to_dict(self) -> dict:
         return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds,
-                "float_why": self.float_why, "converted": self.converted}
+                "float_why": self.float_why, "converted": self.converted, "unmatched": self.unmatched}
 
     def recount(self, model: torch.nn.Module) -> None:
         """Count the quantized modules actually in ``model`` (after rules that convert layers)."""
@@ -71,8 +78,12 @@ def compile_policy(patterns: Iterable[str]) -> list[re.Pattern]:
     return out
 
 
-def ignored(name: str, policy: list[re.Pattern]) -> bool:
-    return any(p.match(name) for p in policy)
+def ignored(name: str, policy: list[re.Pattern], hits: set[str] | None = None) -> bool:
+    """Does a pattern of ``policy`` match ``name``? Adds the matching patterns to ``hits`` when given."""
+    found = [p.pattern for p in policy if p.match(name)]
+    if hits is not None:
+        hits.update(found)
+    return bool(found)
 
 
 def _swap(module: torch.nn.Module, quant_cls: type, has_weight: bool, num_bits: int) -> torch.nn.Module:
@@ -93,13 +104,14 @@ def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_b
     """Swap supported modules in ``model`` (in place) for quantized ones; return what happened."""
     policy = compile_policy(ignore)
     report = ReplaceReport()
+    hits: set[str] = set()
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             entry = QUANT_MAP.get(type(child))
             if entry is None or (entry[0] is qnn.QuantMaxPool2d and not quantize_maxpool):
                 continue
-            if ignored(name, policy):
+            if ignored(name, policy, hits):
                 report.ignored.append(name)
                 continue
             setattr(parent, child_name, _swap(child, entry[0], entry[1], num_bits))
@@ -108,12 +120,16 @@ def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_b
         for name, module in list(model.named_modules()):
             if is_residual_block(module) and not isinstance(getattr(module, "addop", None), torch.nn.Module):
                 add_name = f"{name}.addop"
-                if ignored(add_name, policy):
+                if ignored(add_name, policy, hits):
                     report.ignored.append(add_name)
                     continue
                 quantize_residual(module, num_bits)
                 report.residual_adds.append(add_name)
                 report.quantized["QuantAdd"] += 1
+    report.unmatched = list(dict.fromkeys(p.pattern for p in policy if p.pattern not in hits))
+    for pattern in report.unmatched:
+        log.warning("ignore pattern '%s' matches no quantizable module of this %s: it keeps nothing float",
+                    pattern, type(model).__name__)
     return report
 
 

@@ -28,7 +28,8 @@ def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file
     check_size(size, loaded.model)
     if loaded.extra:
         meta = loaded.extra
-        return {"family": loaded.family.name, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
+        return {"family": loaded.family.name, "version": loaded.family.version,
+                "output_layout": loaded.family.output_layout, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
                 "fanouts": [], "ignored": list(meta.get("float", {})), "float": dict(meta.get("float", {})),
                 "ignore_policy": list(meta.get("ignore", [])), "converted": list(meta.get("converted", {})),
                 "placement": meta.get("placement", ""), "fanout_mode": "", "fanout_why": "", "stored": True}
@@ -43,7 +44,9 @@ def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file
     why = {m: replaced.float_why[m] + (f"; {policy.fanout_mode()} mode: its input is also read in INT8"
                                        if m in still_float else "")
            for m in replaced.ignored if m not in converted}
-    return {"family": loaded.family.name, "policy": list(policy.sources), **result.to_dict(),
+    return {"family": loaded.family.name, "version": loaded.family.version,
+            "output_layout": loaded.family.output_layout, "policy": list(policy.sources), **result.to_dict(),
             "ignored": list(why), "float": why, "ignore_policy": list(patterns),
+            "unmatched_ignore": list(replaced.unmatched),
             "converted": converted, "fanout_mode": policy.fanout_mode(),
             "fanout_why": fanout[0].why if fanout else "", "stored": False}

@@ -1,0 +1,184 @@
+"""Ultralytics YOLOv8 / YOLO11 / YOLO26 fixtures through ``trtqat rules`` and ``trtqat quantize --ptq``:
+the family and version are named, ``rules/ultralytics.yaml`` applies, the last conv of every detect branch
+and the DFL stay float (no quantizer at all), everything else is quantized, and the scale-sharing groups
+cover the C2f/C3k2 split+concat, SPPF, the neck upsample+concat and the Bottleneck adds.
+
+``sys.modules`` keeps no ``ultralytics`` package after a test (the fixture package is unpickled here).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from trtqat.demo import fixtures
+
+SIZE = 64
+DETECT = {"yolov8": "model.22", "yolo11": "model.23", "yolo26": "model.23"}
+VERSION = {"yolov8": "v8", "yolo11": "11", "yolo26": "26"}
+
+
+def _ultralytics_modules() -> dict:
+    return {k: v for k, v in sys.modules.items() if k.split(".")[0] == "ultralytics"}
+
+
+def _restore(before: dict) -> None:
+    for k in list(_ultralytics_modules()):
+        del sys.modules[k]
+    sys.modules.update(before)
+
+
+@pytest.fixture(autouse=True)
+def restore_ultralytics_modules():
+    before = _ultralytics_modules()
+    yield
+    _restore(before)
+
+
+def _cli(*args, code: int = 0):
+    from trtqat.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def _float_names(family: str) -> list[str]:
+    det = DETECT[family]
+    return [f"{det}.cv{b}.{i}.2" for b in (2, 3) for i in range(3)] + ([f"{det}.dfl.conv"] if family != "yolo26" else [])
+
+
+@pytest.fixture(scope="module")
+def rules_json(yolo_checkpoint):
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            before = _ultralytics_modules()
+            ckpt, repo = yolo_checkpoint(family, "model")
+            cache[family] = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
+            _restore(before)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def ptq(yolo_checkpoint, calib_images, tmp_path_factory):
+    """Factory ``family -> (ptq.pt, repo, summary JSON)`` from ``trtqat quantize --ptq`` (max, 2 images)."""
+    root = tmp_path_factory.mktemp("ultralytics_ptq")
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            before = _ultralytics_modules()
+            ckpt, repo = yolo_checkpoint(family, "model")
+            out = root / f"{family}_ptq.pt"
+            res = _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
+                       "--calib-batches", 1, "--calib-method", "max", "--ptq", out, "--json")
+            _restore(before)
+            cache[family] = (out, repo, json.loads(res.stdout))
+        return cache[family]
+
+    return get
+
+
+def _group_with(data, *members):
+    hits = [g for g in data["groups"] if set(members) <= set(g["members"])]
+    assert len(hits) == 1, (members, [g["members"] for g in data["groups"]])
+    return hits[0]
+
+
+def _ops(group) -> list[str]:
+    return sorted(op.rsplit("/", 1)[-1].split("_")[0] for op in group["ops"])
+
+
+@pytest.mark.parametrize("family", fixtures.ULTRALYTICS_FAMILIES)
+def test_rules_policy_float_layers_and_groups(rules_json, family):
+    data = rules_json(family)
+    det = DETECT[family]
+    assert (data["family"], data["version"], data["output_layout"]) == ("ultralytics", VERSION[family], "ultralytics")
+    assert [p.rsplit("/", 1)[-1] for p in data["policy"]] == ["default.yaml", "ultralytics.yaml"]
+    assert data["fanout_mode"] == "report" and data["converted"] == [] and data["unmatched_ignore"] == []
+    assert sorted(data["ignored"]) == sorted(_float_names(family))
+    assert all(why.startswith("detect output conv (") and "ultralytics.yaml" in why for why in data["float"].values())
+    # SPPF: the max-pool chain and its concat, read by cv2
+    sppf = _group_with(data, "model.9.m", "model.9.cv2.conv")
+    assert _ops(sppf) == ["Concat", "MaxPool", "MaxPool", "MaxPool"]
+    # the neck: nearest upsample + concat with a backbone level, read by the next block's cv1 (two places each)
+    p4 = "model.12.cv1.conv" if family == "yolov8" else "model.13.cv1.conv"
+    assert "Resize" in _ops(_group_with(data, "model.7.conv", p4))
+    assert "Resize" in _ops(_group_with(data, "model.5.conv"))
+    # C2f / C3k2 of the backbone: cv1's split, the bottleneck add (skip + branch), the concat read by cv2
+    g = _group_with(data, "model.2.cv2.conv", "model.2.m.0.addop")
+    assert {"Split", "Concat", "Add"} <= set(_ops(g)) and "model.2.m.0.cv1.conv" in g["members"]
+    # the detect branches' first convs read the neck outputs together with the next neck conv (TQ006)
+    first_cls = f"{det}.cv3.0.0.conv" if family == "yolov8" else f"{det}.cv3.0.0.0.conv"
+    sib = _group_with(data, f"{det}.cv2.0.0.conv", first_cls)
+    assert sib["rule"] == "TQ006" and ("model.16.conv" if family == "yolov8" else "model.17.conv") in sib["members"]
+    # nothing of the head's float convs is in a group
+    assert not any(m in _float_names(family) for g in data["groups"] for m in g["members"])
+    if family != "yolov8":  # C3k bottleneck adds inside C3k2 (c3k=True) and the C2PSA split + concat
+        assert _group_with(data, "model.6.m.0.m.0.addop")["rule"] == "TQ005"
+        assert "Split" in _ops(_group_with(data, "model.10.cv2.conv"))
+
+
+@pytest.mark.parametrize("family", fixtures.ULTRALYTICS_FAMILIES)
+def test_ptq_keeps_head_outputs_float_and_quantizes_the_rest(ptq, family):
+    from trtqat.models import load_checkpoint
+
+    path, repo, summary = ptq(family)
+    assert (summary["family"], summary["version"], summary["output_layout"]) == ("ultralytics", VERSION[family],
+                                                                                 "ultralytics")
+    assert sorted(summary["float"]) == sorted(_float_names(family)) and summary["unmatched_ignore"] == []
+    assert summary["placement"] == "rules: scale sharing, TQ007 report" and summary["groups"] > 10
+    loaded = load_checkpoint(path, repo)
+    assert loaded.extra["family"] == "ultralytics" and loaded.extra["version"] == VERSION[family]
+    assert loaded.extra["output_layout"] == "ultralytics"
+    model = loaded.model
+    floats = set(_float_names(family))
+    import torch
+
+    layers = ("Conv2d", "QuantConv2d", "MaxPool2d", "QuantMaxPool2d")
+    for name, m in model.named_modules():
+        if type(m).__name__ in layers:
+            quantized = hasattr(m, "_input_quantizer")
+            assert quantized == (name not in floats), name
+            if name in floats:
+                assert type(m) is torch.nn.Conv2d and not hasattr(m, "_weight_quantizer"), name
+    assert summary["quantized"]["QuantConv2d"] == sum(type(m).__name__ == "QuantConv2d" for m in model.modules())
+
+
+def test_ptq_table_names_family_and_version(yolo_checkpoint, calib_images, tmp_path):
+    ckpt, repo = yolo_checkpoint("yolo26", "model")
+    out = _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
+               "--calib-batches", 1, "--calib-method", "max", "--ignore-policy", r"model\.99\..*").output
+    assert "ultralytics 26 (detect: model.23)" in out and "ultralytics [B, 4+nc, N]" in out
+    assert re.search(r"ignore patterns matching\s+.*model\\\.99", out)
+
+
+def test_ignore_pattern_matching_nothing_warns(yolo_checkpoint, caplog):
+    """A pattern that keeps nothing float is never silent (the YOLOv5 default on an Ultralytics model was)."""
+    import logging
+
+    from trtqat.models import load_checkpoint
+    from trtqat.quant.ptq import QuantConfig, prepare_quantized
+
+    ckpt, repo = yolo_checkpoint("yolov8", "model")
+    loaded = load_checkpoint(ckpt, repo)
+    with caplog.at_level(logging.WARNING, logger="trtqat"):
+        _, replaced, _, patterns = prepare_quantized(loaded, QuantConfig(ignore=(r"model\.22\.m\..*",), use_rules=False))
+    assert replaced.unmatched == [r"model\.22\.m\..*"] and r"model\.22\.m\..*" in patterns
+    assert any("matches no quantizable module" in r.getMessage() and r"model\.22\.m" in r.getMessage()
+               for r in caplog.records)
+    assert sorted(replaced.ignored) == sorted(_float_names("yolov8"))  # the family default still applies
+
+
+def test_end2end_yolo26_keeps_the_one_to_one_outputs_float(yolo_checkpoint, calib_images, tmp_path):
+    ckpt, repo = yolo_checkpoint("yolo26", "ema", end2end=True)
+    data = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
+    assert data["output_layout"] == "end2end" and data["unmatched_ignore"] == []
+    assert sorted(data["ignored"]) == sorted(f"model.23.one2one_cv{b}.{i}.2" for b in (2, 3) for i in range(3))
