@@ -1,16 +1,19 @@
 """Train trtqat's reference detectors on the generated shapes dataset (``make fixtures``).
 
 Why: accuracy claims need a model that has learnt something (see :mod:`trtqat.demo.trained`). This trains
-trtqat's scratch YOLOv5-shaped (width 0.25, depth 0.33: yolov5n) or YOLOv7-shaped (the yolov7 topology at
-width 0.25, about yolov7-tiny's size) model from scratch, on CPU, deterministically (a fixed seed, a fixed
-number of steps, a fixed thread count), and saves it like the upstream ``train.py`` release file: the EMA
-weights in fp16 under ``model`` of a dict, pickled inside the fake repo's ``models`` package.
+trtqat's scratch YOLOv5-shaped (width 0.25, depth 0.33: yolov5n), YOLOv7-shaped (the yolov7 topology at
+width 0.25, about yolov7-tiny's size) or Ultralytics YOLOv8-shaped (``yolov8n.yaml``'s topology and widths)
+model from scratch, on CPU, deterministically (a fixed seed, a fixed number of steps, a fixed thread count),
+and saves it like the upstream release file: the EMA weights in fp16 under ``model`` of a dict, pickled
+inside the fake repo's ``models`` package (YOLOv5/YOLOv7, as ``train.py`` writes it) or the scratch
+``ultralytics`` package (as ``YOLO.save()`` writes it).
 
 The recipe is the short-schedule one the Ultralytics documentation describes for few iterations: AdamW
 (peak lr 1.5e-3 for the committed fixtures, ``RECIPES``; ``--lr`` defaults to 1e-3; weight decay on
 conv/linear weights only), linear warm-up then cosine decay, an exponential moving
 average of the weights, letterboxed inputs as at deployment, horizontal flips and colour jitter. The loss is
-:class:`trtqat.demo.detection_loss.DetectionLoss`.
+:class:`trtqat.demo.detection_loss.DetectionLoss` for the anchor-based heads and
+:class:`trtqat.demo.anchor_free_loss.AnchorFreeLoss` (task-aligned assignment, DFL) for Ultralytics' head.
 
 Run as ``python -m trtqat.demo.train_fixtures --family yolov5 --data DIR --repo DIR --out FILE``; the
 fake repo goes first on ``sys.path`` in this process (the checkpoint must reference ``models.yolo``), so one
@@ -29,10 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILY_WIDTH = {"yolov5": 0.25, "yolov7": 0.25}
+FAMILY_WIDTH = {"yolov5": 0.25, "yolov7": 0.25, "yolov8": 0.25}
+#: Ultralytics families: the model config the scratch ``ultralytics`` package builds (``n`` scale: width 0.25)
+ULTRALYTICS_CONFIG = {"yolov8": "yolov8n.yaml"}
 #: the committed fixtures' recipes (``make fixtures``); steps of ``batch_size`` images, one CPU thread each
 RECIPES = {"yolov5": {"steps": 2600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 500},
-           "yolov7": {"steps": 3200, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000}}
+           "yolov7": {"steps": 3200, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000},
+           "yolov8": {"steps": 1600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 400}}
 #: the shapes dataset they are trained on (``trtqat.demo.shapes``); val is the held-out split
 DATASET = {"train": 4000, "val": 300, "seed": 0}
 
@@ -51,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     eval_every: int = 0  # steps; 0: only at the end
+    log_every: int = 50  # steps between loss lines
 
 
 def load_training_set(images_dir: Path, size: int):
@@ -141,11 +148,41 @@ def evaluate_float(model, val_dir: Path, val_json: Path, size: int, nc: int) -> 
 
 
 def build_model(cfg: TrainConfig, names: list[str]):
+    if cfg.family in ULTRALYTICS_CONFIG:
+        from ultralytics.nn.tasks import DetectionModel  # the scratch package, first on sys.path (see main)
+
+        model = DetectionModel(ULTRALYTICS_CONFIG[cfg.family], nc=len(names), verbose=False)
+        model.names = dict(enumerate(names))  # Ultralytics stores {index: name}
+        model.args = {"task": "detect", "mode": "train", "model": ULTRALYTICS_CONFIG[cfg.family], "data": "shapes.yaml",
+                      "imgsz": cfg.size}
+        model.task = "detect"
+        return model
     from models.yolo import Model  # the fake repo, first on sys.path (see main)
 
     model = Model(nc=len(names), width_multiple=FAMILY_WIDTH[cfg.family])
     model.names = dict(enumerate(names)) if cfg.family == "yolov5" else list(names)
     return model
+
+
+def make_loss(cfg: TrainConfig, model):
+    """The training loss of the model's head: anchor-based (YOLOv5/YOLOv7) or anchor-free (Ultralytics)."""
+    head = model.model[-1]
+    if cfg.family in ULTRALYTICS_CONFIG:
+        from .anchor_free_loss import AnchorFreeLoss
+
+        return AnchorFreeLoss(head.nc, strides=tuple(float(s) for s in head.stride), reg_max=head.reg_max)
+    from .detection_loss import DetectionLoss
+
+    return DetectionLoss(head, cfg.size)
+
+
+def loss_parts(parts) -> dict[str, float]:
+    """The loss components by name, whichever loss produced them (a dict, or AnchorFreeLoss's tensor)."""
+    if isinstance(parts, dict):
+        return {k: float(v) for k, v in parts.items()}
+    from .anchor_free_loss import PARTS
+
+    return dict(zip(PARTS, (float(v) for v in parts)))
 
 
 def param_groups(model, weight_decay: float):
@@ -162,7 +199,6 @@ def train(cfg: TrainConfig, data_root: Path, out: Path, log=print) -> dict:
 
     from .._io import write_json
     from ..models.device import set_memory_format
-    from .detection_loss import DetectionLoss
     from .shapes import CLASSES
 
     torch.manual_seed(cfg.seed)
@@ -172,8 +208,7 @@ def train(cfg: TrainConfig, data_root: Path, out: Path, log=print) -> dict:
     log(f"[train {cfg.family}] {len(labels)} training images letterboxed to {cfg.size} in "
         f"{time.perf_counter() - t0:.0f} s")
     model = build_model(cfg, list(CLASSES))
-    head = model.model[-1]
-    loss_fn = DetectionLoss(head, cfg.size)
+    loss_fn = make_loss(cfg, model)
     set_memory_format(model, torch.channels_last)  # 2-3x faster CPU training (measured on the YOLOv7 fixture)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.937, 0.999))
@@ -196,11 +231,11 @@ def train(cfg: TrainConfig, data_root: Path, out: Path, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         ema.update(model)
-        if step % 50 == 0 or step == cfg.steps - 1:
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rate = (step + 1) * cfg.batch_size / (time.perf_counter() - t_train)
+            named = " ".join(f"{k} {v:.4f}" for k, v in loss_parts(parts).items())
             log(f"[train {cfg.family}] step {step + 1}/{cfg.steps} loss {float(loss.detach()) / cfg.batch_size:.4f} "
-                f"box {parts['box']:.4f} obj {parts['obj']:.4f} cls {parts['cls']:.4f} lr {lr_at(step, cfg):.2e} "
-                f"{rate:.1f} img/s", )
+                f"{named} lr {lr_at(step, cfg):.2e} {rate:.1f} img/s")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             m = _eval_copy(ema.ema)
             res = evaluate_float(m, data_root / "images" / "val", data_root / "val.json", cfg.size, len(CLASSES))
@@ -248,7 +283,14 @@ def _eval_copy(model):
 
 
 def release_checkpoint(family: str, module, updates: int) -> dict:
-    """The dict an upstream release file holds after ``strip_optimizer``: the EMA module under ``model``."""
+    """The dict an upstream release file holds after ``strip_optimizer``: the EMA module under ``model``
+    (Ultralytics: what ``YOLO.save()`` writes, ``ema`` None)."""
+    if family in ULTRALYTICS_CONFIG:
+        from .fixtures import ULTRALYTICS_VERSION
+
+        return {"ema": None, "model": module, "modelopt": None, "date": "2026-12-07T00:00:00.000000+00:00",
+                "version": ULTRALYTICS_VERSION, "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+                "docs": "https://docs.ultralytics.com"}
     if family == "yolov7":
         return {"model": module, "optimizer": None, "training_results": None, "epoch": -1}
     return {"epoch": -1, "best_fitness": None, "model": module, "ema": None, "updates": None, "optimizer": None,
@@ -295,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50, help="steps between loss lines")
     a = p.parse_args(argv)
     if a.all:
         from .trained import TRAINED_DIR
@@ -305,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--family, --data, --repo and --out are required without --all")
     sys.path.insert(0, str(a.repo.resolve()))
     cfg = TrainConfig(family=a.family, size=a.size, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      threads=a.threads, eval_every=a.eval_every, seed=a.seed,
+                      threads=a.threads, eval_every=a.eval_every, seed=a.seed, log_every=a.log_every,
                       warmup=min(200, max(1, a.steps // 10)))
     record = train(cfg, a.data, a.out, log=lambda s: print(s, flush=True))
     print(json.dumps(record["float_eval"]))
