@@ -158,6 +158,34 @@ def make_checkpoint(family: str, dest_dir: str | os.PathLike, *, form: str = "em
 
 
 # Runs in the child with the fake repo first on sys.path; argv[1] is the JSON spec from make_checkpoint.
+#: the BatchNorm part of every fixture's realistic statistics (run in the child Pythons of both builders):
+#: random affine first, then running statistics measured with it on image-like input (smooth regions and
+#: texture, like make_images and real photos), so activations stay normalised through ~100 layers, then a small
+#: offset so eval-mode BN is not an exact batch normalisation. Returns the generator for the family's own part.
+_BN_STATISTICS = r"""
+def bn_statistics(model, seed):
+    g = torch.Generator().manual_seed(seed + 1000)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            c = bn.num_features
+            bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.4, generator=g))
+            bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches below
+        model.train()
+        for _ in range(2):
+            smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 10, 10, generator=g), size=160,
+                                                     mode="bilinear", align_corners=False)
+            model((0.85 * smooth + 0.15 * torch.rand(4, 3, 160, 160, generator=g)).clamp(0, 1))
+        for bn in bns:
+            c = bn.num_features
+            bn.momentum = 0.03
+            bn.running_mean.add_(torch.randn(c, generator=g) * 0.05 * bn.running_var.sqrt())
+            bn.running_var.mul_(torch.empty(c).uniform_(0.9, 1.1, generator=g))
+    return g
+"""
+
 _CHILD = r"""
 import json, sys
 spec = json.loads(sys.argv[1])
@@ -185,28 +213,12 @@ def build(seed):
     return model
 
 
+#BN_STATISTICS
+
 @torch.no_grad()
 def realistic_statistics(model, seed):
-    # Random affine first, then running statistics measured with it (so activations stay normalised
-    # through ~100 layers), then a small offset so eval-mode BN is not an exact batch normalisation.
-    g = torch.Generator().manual_seed(seed + 1000)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        c = bn.num_features
-        bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.4, generator=g))
-        bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches below
-    model.train()
-    for _ in range(2):  # image-like input (smooth regions + texture), like make_images and real photos
-        smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 10, 10, generator=g), size=160,
-                                                 mode="bilinear", align_corners=False)
-        model((0.85 * smooth + 0.15 * torch.rand(4, 3, 160, 160, generator=g)).clamp(0, 1))
-    for bn in bns:
-        c = bn.num_features
-        bn.momentum = 0.03
-        bn.running_mean.add_(torch.randn(c, generator=g) * 0.05 * bn.running_var.sqrt())
-        bn.running_var.mul_(torch.empty(c).uniform_(0.9, 1.1, generator=g))
+    # BatchNorm statistics as for every fixture (_BN_STATISTICS), then YOLOv7's implicit layers.
+    g = bn_statistics(model, seed)
     for m in model.modules():
         name = type(m).__name__
         if name == "ImplicitA":
@@ -280,29 +292,14 @@ def build(seed):
     return model
 
 
+#BN_STATISTICS
+
 @torch.no_grad()
 def realistic_statistics(model, seed):
-    # As for the YOLOv5/YOLOv7 fixtures: random BN affine, running statistics measured on image-like input,
-    # then a small offset; the head's output convs scaled down and class biases set to moderate logits so that
-    # scores are neither saturated nor all below the usual 0.001 confidence threshold.
-    g = torch.Generator().manual_seed(seed + 1000)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        c = bn.num_features
-        bn.weight.copy_(torch.empty(c).uniform_(0.6, 1.4, generator=g))
-        bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    for _ in range(2):
-        smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 10, 10, generator=g), size=160,
-                                                 mode="bilinear", align_corners=False)
-        model((0.85 * smooth + 0.15 * torch.rand(4, 3, 160, 160, generator=g)).clamp(0, 1))
-    for bn in bns:
-        c = bn.num_features
-        bn.momentum = 0.03
-        bn.running_mean.add_(torch.randn(c, generator=g) * 0.05 * bn.running_var.sqrt())
-        bn.running_var.mul_(torch.empty(c).uniform_(0.9, 1.1, generator=g))
+    # BatchNorm statistics as for every fixture (_BN_STATISTICS); then the head's output convs scaled down and
+    # class biases set to moderate logits so that scores are neither saturated nor all below the usual 0.001
+    # confidence threshold.
+    g = bn_statistics(model, seed)
     head = model.model[-1]
     for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
         for branch in getattr(head, attr, None) or []:
@@ -338,6 +335,7 @@ else:  # the trainer's last.pt / best.pt: the EMA module (eval mode, no grad), f
             "license": "AGPL-3.0 (https://ultralytics.com/license)", "docs": "https://docs.ultralytics.com"}
 torch.save(ckpt, spec["out"])
 """
+_CHILD, _ULTRALYTICS_CHILD = (c.replace("#BN_STATISTICS\n", _BN_STATISTICS.lstrip("\n")) for c in (_CHILD, _ULTRALYTICS_CHILD))
 
 
 # ---------------------------------------------------------------- images, labels, COCO json
