@@ -36,7 +36,7 @@ test-all:
 test-gpu:  # CUDA paths (needs a GPU; CI has none)
 	$(PYTHON) -m pytest -q -m gpu tests/gpu
 
-fixtures:  # retrain the committed trained detectors (trtqat/demo/trained/): YOLOv5 ~45 min, YOLOv7 ~1 h, in parallel on 2 CPU cores
+fixtures:  # retrain the committed trained detectors (trtqat/demo/trained/): YOLOv5 ~45 min, YOLOv7 ~1 h, YOLOv8 ~30 min, one core each
 	$(PYTHON) -m trtqat.demo.train_fixtures --all --build build
 
 bench:

@@ -54,6 +54,14 @@ RECALIBRATE = ("groups", "all")
 #: the ``rules`` of a one-Q set made for an activation Q in no group (``--recalibrate all``)
 ALONE = ("recalibrate",)
 
+#: the ``rules`` entry of a one-Q set made for an asymmetric activation Q (its symmetric scale from data)
+SYMMETRIC = "symmetric"
+
+#: the policy of a family found in the ONNX when it is not ``rules/<family>.yaml``: the anchor-free family
+#: (YOLOv8 / YOLO11 / YOLO26, found by its DFL or Ultralytics' metadata) is the one ``trtqat quantize``
+#: loads as ``ultralytics``, so both paths read one policy file
+POLICY_OF = {"yolov8": "ultralytics"}
+
 
 @dataclass(frozen=True)
 class OptimizeConfig:
@@ -102,11 +110,18 @@ class OptimizeReport:
                 "normalize": self.normalize.to_dict(),
                 "head": [h.to_dict() for h in self.head],
                 "groups": [g.to_dict() for g in self.groups],
-                "groups_changed": sum(g.changed for g in self.groups if g.rules != ALONE),
+                "groups_changed": sum(g.changed for g in self.groups if not is_single(g)),
                 "recalibrated_alone": sum(g.rules == ALONE for g in self.groups),
+                "symmetric_alone": sum(g.rules == (SYMMETRIC,) for g in self.groups),
                 "inserted": [i.to_dict() for i in self.inserted], "suggested": [i.to_dict() for i in self.suggested],
                 "lint": {"before": self.lint_before, "after": self.lint_after}, "outputs": self.outputs,
                 "checker": self.checker}
+
+
+def is_single(group: TiedGroup) -> bool:
+    """A one-Q set calibrated on its own (``--recalibrate all``, or an asymmetric Q made symmetric), not a
+    scale-sharing group."""
+    return group.rules in (ALONE, (SYMMETRIC,))
 
 
 def lint_summary(model: onnx.ModelProto, trt_version: str) -> dict[str, Any]:
@@ -152,13 +167,21 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
                          "Pass a Q/DQ ONNX (ModelOpt, pytorch-quantization or trtqat export); a float model "
                          "needs quantizing first (trtqat quantize, or ModelOpt's ONNX PTQ)")
     report.normalize = normalize_qdq(graph)
+    asymmetric = report.normalize.asymmetric
+    if asymmetric and calib is None:
+        default = " (onnxruntime's default)" if report.normalize.onnxruntime_style else ""
+        raise InputError(f"{label}: {len(asymmetric)} activation scales are asymmetric{default}, e.g. "
+                         f"{asymmetric[0]} has a non-zero zero point, and TensorRT runs symmetric INT8 only",
+                         "Pass --calib DIR (images) to derive symmetric scales, or quantize symmetrically "
+                         '(onnxruntime: quantize_static(..., extra_options={"ActivationSymmetric": True, '
+                         '"WeightSymmetric": True}))')
     _refuse_parser_errors(graph, label)
     if cfg.family:
         report.family, report.family_from = cfg.family, "--family"
     else:
         found = detect_onnx_family(graph, {p.key: p.value for p in model.metadata_props})
         report.family, report.family_from = found.name, found.source or ""
-    policy = load_policy_file(policy_file(report.family, cfg.rules_file))
+    policy = load_policy_file(policy_file(POLICY_OF.get(report.family, report.family), cfg.rules_file))
     report.policy = policy.sources
     report.head = float_head_outputs(graph, policy)
     planned = plan_insertions(graph, policy)
@@ -166,10 +189,14 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     report.suggested = [i for i in planned if i.needs_data and calib is None]
     new_qs = apply_insertions(graph, report.inserted)
     sets = find_scale_sets(graph, policy, min_q=1).sets
-    fresh = {name: ins for name, ins in new_qs.items() if ins.needs_data}  # no scale yet: calibrate them
+    # no scale yet: inserted without a sibling, or asymmetric (a placeholder scale), or inserted with the
+    # scale of an asymmetric sibling: calibrate them, and let none of them set a group's floor
+    fresh = {name: (ins.node, ins.rule) for name, ins in new_qs.items()
+             if ins.needs_data or ins.sibling_q in asymmetric}
+    fresh.update({name: (name, SYMMETRIC) for name in asymmetric if name not in fresh})
     sets = tuple(s for s in sets if len(s.q_nodes) >= 2 or fresh.keys() & set(s.q_nodes))
     alone = [name for name in fresh if not any(name in s.q_nodes for s in sets)]
-    sets += tuple(ScaleSet(q_nodes=(name,), tensors=(), ops=(fresh[name].node,), rules=(fresh[name].rule,))
+    sets += tuple(ScaleSet(q_nodes=(name,), tensors=(), ops=(fresh[name][0],), rules=(fresh[name][1],))
                   for name in alone)
     amax, floor_exempt = None, frozenset(fresh)
     if calib is not None:
@@ -182,6 +209,8 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version
     del out.graph.value_info[:]
+    del out.metadata_props[:]  # the exporter's metadata (Ultralytics' names, stride, task) travels with it
+    out.metadata_props.extend(model.metadata_props)
     return out, report
 
 

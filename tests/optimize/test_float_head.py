@@ -57,7 +57,7 @@ def test_unshared_head_conv_made_float_shared_ones_kept_int8(yolov5_mt):
         conv = _conv(graph, name)
         assert dq_input_of(conv, 0) is not None and dq_input_of(conv, 1) is not None
     assert lint_model(out).summary["standalone_qdq"] == 1  # floating cost no standalone Q/DQ
-    assert report.to_dict()["head"][0].keys() == {"node", "tensor", "floated", "reason"}
+    assert report.to_dict()["head"][0].keys() == {"node", "kind", "tensor", "floated", "reason"}
 
 
 def test_rules_can_keep_the_head_int8(yolov5_mt, tmp_path):

@@ -47,7 +47,7 @@ def test_yolov8_style_only_input_quantize(yolov8, style, calib):
     out, report = optimize_model(model, OptimizeConfig(recalibrate=calib or "groups"),
                                  calib=noise_batches() if calib else None)
     onnx.checker.check_model(out)
-    assert report.family == "yolov8" and report.policy[-1].endswith("default.yaml")
+    assert report.family == "yolov8" and report.policy[-1].endswith("ultralytics.yaml")
     assert report.recalibrate == (calib or "") and report.head == []  # the exporter kept the head float
     assert (calib == "all") == any(g.rules == ("recalibrate",) for g in report.groups)
     assert lint_model(out).summary["standalone_qdq"] == 1

@@ -36,8 +36,10 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
 
     \b
     Reads any Q/DQ ONNX (trtqat, ModelOpt ONNX PTQ incl. FP16, torch.onnx.export of pytorch-quantization or
-    ModelOpt models). Normalises it (no-op Casts, Identity/Constant scales, duplicate Q/DQ), makes the detect
-    head's output convs float where that costs no standalone Q/DQ (as the rules keep them), ties every
+    ModelOpt models, onnxruntime quantize_static as Ultralytics' quantize=8 runs it). Normalises it (no-op
+    Casts, Identity/Constant scales, duplicate Q/DQ; onnxruntime's conv-output Q/DQ, int32 bias DQs and zero
+    points to TensorRT's pattern: asymmetric activations need --calib), makes the detect head's output convs
+    and the DFL float where that costs no standalone Q/DQ (as the rules keep them), ties every
     scale-sharing group of rules/*.yaml (largest scale, or --calib recalibration, which by default never
     goes below the group's smallest scale), inserts Q/DQ the rules call for (without --calib only where
     an existing scale applies; others are listed), then runs onnx.checker, onnxruntime (IN vs OUT per
@@ -46,13 +48,17 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     scales.
     \b
     JSON (--json): family, family_from, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
-      qparams_folded, duplicate_q_merged, duplicate_dq_merged}, head [{node, tensor, floated, reason}],
+      qparams_folded, duplicate_q_merged, duplicate_dq_merged, onnxruntime_style, float_readers_rewired,
+      bias_dq_folded, constant_dq_folded, weights_shifted, weights_requantized, zero_points_shifted, asymmetric_activations},
+      head [{node, kind (output|dfl), tensor, floated, reason}],
       groups [{q_nodes, rules, ops, scales_before, scale, source, changed}] (rules ["recalibrate"]: an
-      ungrouped Q, --recalibrate all), groups_changed (tied groups only), recalibrated_alone,
+      ungrouped Q, --recalibrate all; ["symmetric"]: an ungrouped asymmetric Q given a symmetric scale from
+      --calib), groups_changed (tied groups only), recalibrated_alone, symmetric_alone,
       inserted/suggested [{rule, kind, node, tensor, sibling_q, needs_data}],
       lint {before, after: {standalone_qdq, int8_share, int8_share_macs, precision_boundaries}},
       outputs {name: {cosine, max_abs_error, max_abs}}, checker
-    Exit codes: 0 ok; 1 a failed check; 2 bad input (unreadable ONNX, no Q/DQ, Q/DQ TensorRT would refuse).
+    Exit codes: 0 ok; 1 a failed check; 2 bad input (unreadable ONNX, no Q/DQ, Q/DQ TensorRT would refuse,
+    asymmetric activations without --calib).
     """
     from ..optimize import OptimizeConfig, optimize_file
     from .options import progress_bar
@@ -75,13 +81,23 @@ def _print(r, save: Path) -> None:
     say(f"family {family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
         f"Casts removed, {n.qparams_folded} scale/zero-point producers folded, {n.duplicate_q_merged} duplicate Q "
         f"and {n.duplicate_dq_merged} duplicate DQ merged")
+    if (n.onnxruntime_style or n.bias_dq_folded or n.weights_shifted or n.weights_requantized or n.zero_points_shifted
+            or n.asymmetric):
+        weights = n.weights_shifted + n.weights_requantized
+        say(f"onnxruntime QDQ format to TensorRT's pattern: {n.float_readers_rewired} float readers of activation "
+            f"DQs (conv-output Q/DQ, shared pairs) moved to the float tensor, {n.bias_dq_folded} int32 bias DQs "
+            f"and {n.constant_dq_folded} other constant DQs folded to float, {weights} weights with zero points "
+            f"made symmetric ({n.weights_requantized} re-quantized per channel), {n.zero_points_shifted} uint8 "
+            f"activations shifted to int8" + (f", {len(n.asymmetric)} asymmetric activation scales derived again "
+                                              "from --calib" if n.asymmetric else ""))
     if r.head:
-        print_table("detect output convs (the rules keep them float: ignore_detect_outputs)", ["conv", "status"],
-                    [(h.node, "made float" if h.floated else h.reason) for h in r.head])
-    from ..optimize import ALONE
+        print_table("detect head (ignore_detect_outputs): output convs and DFL",
+                    ["conv", "kind", "status"],
+                    [(h.node, h.kind, "made float" if h.floated else h.reason) for h in r.head])
+    from ..optimize import is_single
 
-    singles = [g for g in r.groups if g.rules == ALONE]  # --recalibrate all: Qs in no group
-    groups = [g for g in r.groups if g.rules != ALONE]
+    singles = [g for g in r.groups if is_single(g)]  # --recalibrate all / made symmetric: Qs in no group
+    groups = [g for g in r.groups if not is_single(g)]
     changed = [g for g in groups if g.changed]
     print_table(f"scale groups tied ({len(changed)} changed of {len(groups)}; "
                 f"{'recalibrated: ' + r.method if r.calibrated else 'largest member scale'})",
@@ -90,7 +106,8 @@ def _print(r, save: Path) -> None:
                   f"{g.scale:.4g}") for i, g in enumerate(changed, 1)], justify=["right", "left", "right", "left", "left"])
     if singles:
         ratios = [g.scale / g.scales_before[0] for g in singles if g.scales_before[0] > 0]
-        say(f"--recalibrate all: {len(singles)} other activation scales derived again ({r.method}); new/old scale "
+        why = "--recalibrate all" if r.recalibrate == "all" else "made symmetric"
+        say(f"{why}: {len(singles)} other activation scales derived again ({r.method}); new/old scale "
             f"{min(ratios):.3g}..{max(ratios):.3g}, median {float(np.median(ratios)):.3g}")
     if r.inserted or r.suggested:
         print_table("Q/DQ the rules call for", ["rule", "where", "tensor", "status"],

@@ -67,6 +67,8 @@ def _weight(t: gs.Tensor) -> np.ndarray | None:
         return value
     dq = t.inputs[0]
     ints = constant_value(_source(dq.inputs[0]))
+    if ints is not None and ints.dtype.kind == "f":
+        return ints  # DQ(Q(w)) of a float weight (torch-export style): the weight itself
     scale = constant_value(dq.inputs[1]) if len(dq.inputs) > 1 else None
     if ints is None or scale is None:
         return None

@@ -9,22 +9,28 @@ read 55.4, level with float (README, optimize accuracy).
 
 Which convs: the head outputs, found from the structure, not from names: a Conv with a quantized input
 from which no other Conv/ConvTranspose/Gemm/MatMul and no Quantize is reachable (only decoding follows).
+The anchor-free head's DFL (Ultralytics YOLOv8/YOLO11: a Softmax over the box bins integrated by a fixed
+1x1 conv with weights ``0..R-1``, recognised by :func:`trtqat.graph.family_detect.is_dfl`) is decoding,
+not a learned layer: it is made float first (its weights restored to exactly ``0..R-1`` when an exporter
+quantized them), and the box convs that feed it count as head outputs like the class convs. That is the
+rule trtqat's own policy applies on the torch side (``rules/ultralytics.yaml``: ``cv2.*.2``, ``cv3.*.2``
+and ``dfl`` float; YOLO26 has no DFL, and its one-to-one branches end the graph the same way).
 One is made float only where that costs no standalone Q/DQ and leaves it really float: its input's
 Quantize serves only head convs, and the tensor it quantizes is not INT8 anyway (a DQ that TensorRT
 would move forward through Concat, MaxPool or another data-movement op into the conv). A head conv whose
 input a quantized layer reads as well keeps its INT8 input and weights (a float reader there leaves a
 standalone Quantize; it is the yolov5 policy's TQ007 ``quantize-input`` placement) and is listed as kept,
-with the reason. ``ignore_detect_outputs: false`` in a rules file turns this off. A YOLOv8-style head
-whose box convs feed the DFL (a fixed Conv) keeps those convs as the exporter left them: the DFL counts as
-a learned layer after them (Ultralytics keeps the head float anyway).
+with the reason. ``ignore_detect_outputs: false`` in a rules file turns this off, DFL included.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
+from .family_detect import is_dfl
 from .normalize_qdq import is_activation_q
 from .optable import behaviour
 from .policy import Policy
@@ -37,38 +43,81 @@ LEARNED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 @dataclass(frozen=True)
 class HeadConv:
-    """A detect output conv that had a quantized input: made float, or kept INT8 and why."""
+    """A detect output conv or DFL conv that had a quantized input or weights: made float, or kept INT8 and
+    why. ``kind``: ``output`` (the last conv of a box or class branch) or ``dfl``."""
 
     node: str
     tensor: str  # the float tensor its input Quantize read
     floated: bool
     reason: str
+    kind: str = "output"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "tensor": self.tensor, "floated": self.floated, "reason": self.reason}
+        return {"node": self.node, "kind": self.kind, "tensor": self.tensor, "floated": self.floated,
+                "reason": self.reason}
 
 
-def head_output_convs(graph: gs.Graph) -> list[gs.Node]:
+def dfl_convs(graph: gs.Graph) -> list[gs.Node]:
+    """The DFL integral convs: 1x1 convs with one output channel reading (through Q/DQ) a Softmax that
+    :func:`~trtqat.graph.family_detect.is_dfl` recognises."""
+    out: list[gs.Node] = []
+    for sm in (n for n in graph.nodes if n.op == "Softmax" and is_dfl(n)):
+        stack, seen = [sm.outputs[0]], 0
+        while stack and seen < 16:
+            t, seen = stack.pop(), seen + 1
+            for r in t.outputs:
+                if (is_q(r) or is_dq(r)) and r.inputs[0] is t and r.outputs:
+                    stack.append(r.outputs[0])
+                elif r.op == "Conv" and r.inputs[0] is t and r not in out and _dfl_bins(r) is not None:
+                    out.append(r)
+    return out
+
+
+def _dfl_bins(conv: gs.Node) -> int | None:
+    """R for a conv whose weight (also behind a DQ) has the DFL's shape ``[1, R, 1, 1]``."""
+    w = conv.inputs[1] if len(conv.inputs) > 1 else None
+    while w is not None and len(w.inputs) == 1 and (is_dq(w.inputs[0]) or is_q(w.inputs[0])):
+        w = w.inputs[0].inputs[0]
+    value = constant_value(w, through_identity=True)
+    shape = tuple(np.shape(value)) if value is not None else ()
+    return shape[1] if len(shape) == 4 and shape[0] == 1 and shape[2:] == (1, 1) and shape[1] >= 2 else None
+
+
+def head_output_convs(graph: gs.Graph, decode: frozenset[str] = frozenset()) -> list[gs.Node]:
     """Convs with a quantized input from which no learned layer and no Quantize is reachable.
 
-    Sorts ``graph`` topologically in place (the reachability is one pass in reverse order)."""
+    ``decode`` names convs that are decoding, not learned (the DFL): neither they nor the Quantize nodes
+    that only feed them stop a conv before them from being a head output. Sorts ``graph`` topologically
+    in place (the reachability is one pass in reverse order)."""
     cons = consumer_map(graph)
     graph.toposort()
+
+    def decode_q(r: gs.Node) -> bool:  # a Quantize whose DQs feed only decode convs
+        dqs = [d for d in cons.get(r.outputs[0].name, [])] if r.outputs else []
+        return bool(dqs) and all(is_dq(d) and all(c.name in decode for c in cons.get(d.outputs[0].name, []))
+                                 for d in dqs)
+
     feeds_more: dict[int, bool] = {}  # node id -> a learned layer or a Quantize is reachable from its outputs
     for node in reversed(graph.nodes):
         readers = [r for t in node.outputs for r in cons.get(t.name, [])]
-        feeds_more[id(node)] = any(is_q(r) or r.op in LEARNED_OPS or feeds_more.get(id(r), False) for r in readers)
-    return [n for n in graph.nodes if n.op == "Conv" and dq_input_of(n, 0) is not None and not feeds_more[id(n)]]
+        feeds_more[id(node)] = any((is_q(r) and not decode_q(r)) or (r.op in LEARNED_OPS and r.name not in decode)
+                                   or feeds_more.get(id(r), False) for r in readers)
+    return [n for n in graph.nodes if n.op == "Conv" and n.name not in decode and dq_input_of(n, 0) is not None
+            and not feeds_more[id(n)]]
 
 
 def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
-    """Make the head output convs float where it costs no standalone Q/DQ (in place); see the module doc."""
+    """Make the DFL and the head output convs float where it costs no standalone Q/DQ (in place); see the
+    module doc."""
     if not policy.ignore_detect_outputs:
         return []
-    heads = head_output_convs(graph)
+    dfl = dfl_convs(graph)
+    out = [_float_dfl(conv, graph) for conv in dfl]
+    out = [h for h in out if h is not None]
+    graph.cleanup()
+    heads = head_output_convs(graph, frozenset(c.name for c in dfl))
     names = {c.name for c in heads}
     cons, prod = consumer_map(graph), producer_map(graph)
-    out: list[HeadConv] = []
     for conv in heads:
         dq = dq_input_of(conv, 0)
         q = q_of(dq)
@@ -85,6 +134,32 @@ def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
         out.append(HeadConv(conv.name, x.name, True, "detect output conv (ignore_detect_outputs)"))
     graph.cleanup()
     return out
+
+
+def _float_dfl(conv: gs.Node, graph: gs.Graph) -> HeadConv | None:
+    """The DFL conv float (input Q/DQ bypassed, weights exactly ``0..R-1``); ``None`` when it has no Q/DQ.
+
+    Its input is a Softmax, which TensorRT runs in float: a Quantize there is a standalone conversion,
+    and its weights are the bin indices, not learned values, so rounding them only shifts every box."""
+    dq, wdq = dq_input_of(conv, 0), dq_input_of(conv, 1)
+    if dq is None and wdq is None:
+        return None
+    x = conv.inputs[0]
+    if dq is not None:
+        q = q_of(dq)
+        if q is None:
+            return HeadConv(conv.name, x.name, False, "DFL input is a run-time integer tensor: kept", "dfl")
+        x = q.inputs[0]
+    bins = _dfl_bins(conv)
+    if wdq is not None:
+        w = float_source(wdq)
+        if w is None:
+            return HeadConv(conv.name, x.name, False, "DFL weights are a run-time integer tensor: kept", "dfl")
+        dtype = np.asarray(constant_value(w, through_identity=True)).dtype
+        conv.inputs[1] = gs.Constant(f"{conv.name}/trtqat_dfl_bins", np.arange(bins, dtype=dtype).reshape(1, bins, 1, 1))
+    conv.inputs[0] = x
+    return HeadConv(conv.name, x.name, True, f"DFL (the fixed integral conv, weights 0..{bins - 1}): decoding, "
+                    "made float", "dfl")
 
 
 def _kept_int8(dq: gs.Node, q: gs.Node, x: gs.Tensor, runtime_weights: bool, heads: set[str],

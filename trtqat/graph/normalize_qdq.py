@@ -14,17 +14,24 @@ different ways, and each way hides something from the analysis that follows:
 - **duplicate Quantize nodes** reading one tensor with one scale (one Q/DQ pair per consumer): TensorRT
   merges them itself (developer guide, "Q/DQ Limitations"); merging them here, and the identical
   DequantizeLinear nodes that then read one Q, lets a scale be changed in one place.
+- **onnxruntime's QDQ format** (``quantize_static``, Ultralytics' ``quantize=8``): Q/DQ on conv outputs and
+  shared by float readers, int32 bias DQs, zero points (:mod:`trtqat.graph.onnxruntime_qdq`): brought to
+  TensorRT's pattern, Q/DQ on the inputs of weighted layers, float biases, int8 zero points of 0.
 
-Every step returns counts; nothing here changes a value the network computes.
+Every step returns counts. The first three change no value the network computes; the onnxruntime step
+changes only what TensorRT would not run as written (Q/DQ between a conv and its activation, zero
+points), and lists the activation scales it could not make symmetric without data
+(``NormalizeReport.asymmetric``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .onnxruntime_qdq import to_tensorrt_pattern
 from .qdq import DQ_OP, Q_OP, constant_value, consumer_map, is_dq, is_q, merge_equal_scale_qs, read_qparams, replace_uses
 
 _ONNX_TO_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -39,13 +46,28 @@ class NormalizeReport:
     qparams_folded: int = 0
     duplicate_q_merged: int = 0
     duplicate_dq_merged: int = 0
+    onnxruntime_style: bool = False  # Q/DQ on conv outputs / shared by float readers (onnxruntime QDQ)
+    float_readers_rewired: int = 0
+    bias_dq_folded: int = 0
+    constant_dq_folded: int = 0
+    weights_shifted: int = 0
+    weights_requantized: int = 0
+    zero_points_shifted: int = 0
+    asymmetric: list[str] = field(default_factory=list)  # activation Qs whose symmetric scale needs data
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"noop_casts_removed": self.noop_casts_removed, "qparams_folded": self.qparams_folded,
+                "duplicate_q_merged": self.duplicate_q_merged, "duplicate_dq_merged": self.duplicate_dq_merged,
+                "onnxruntime_style": self.onnxruntime_style, "float_readers_rewired": self.float_readers_rewired,
+                "bias_dq_folded": self.bias_dq_folded, "constant_dq_folded": self.constant_dq_folded,
+                "weights_shifted": self.weights_shifted,
+                "weights_requantized": self.weights_requantized, "zero_points_shifted": self.zero_points_shifted,
+                "asymmetric_activations": len(self.asymmetric)}
 
 
 def normalize_qdq(graph: gs.Graph) -> NormalizeReport:
-    """Remove no-op Casts, fold scale/zero-point producers, merge duplicate Q and DQ nodes (in place).
+    """Remove no-op Casts, fold scale/zero-point producers, bring onnxruntime's QDQ format to TensorRT's
+    pattern, merge duplicate Q and DQ nodes (in place).
 
     ``graph`` should carry tensor dtypes (import it from a shape-inferred model); a Cast whose input
     dtype is unknown is kept. Runs ``cleanup().toposort()`` at the end.
@@ -54,11 +76,19 @@ def normalize_qdq(graph: gs.Graph) -> NormalizeReport:
     name_nodes(graph)
     report.noop_casts_removed = remove_noop_casts(graph)
     report.qparams_folded = fold_qparam_producers(graph)
+    ort = to_tensorrt_pattern(graph, set(graph.tensors()))
+    report.onnxruntime_style, report.float_readers_rewired = ort.output_style, ort.readers_rewired
+    report.bias_dq_folded, report.zero_points_shifted = ort.bias_dq_folded, ort.zero_points_shifted
+    report.weights_shifted, report.weights_requantized = ort.weights_shifted, ort.weights_requantized
+    report.constant_dq_folded = ort.constants_folded
+    graph.cleanup()
     merged = merge_equal_scale_qs(graph)
     report.duplicate_q_merged = sum(len(v) for v in merged.values())
     graph.cleanup()
     report.duplicate_dq_merged = merge_duplicate_dqs(graph)
     graph.cleanup().toposort()
+    alive = {n.name for n in graph.nodes}
+    report.asymmetric = [q for q in ort.asymmetric if q in alive]
     return report
 
 
