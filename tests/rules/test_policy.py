@@ -16,6 +16,8 @@ STABLE = {"TQ001": "qdq.concat-shared-scale", "TQ002": "qdq.maxpool-passthrough"
           "TQ003": "qdq.resize-nearest-passthrough", "TQ004": "qdq.data-movement-passthrough",
           "TQ005": "qdq.residual-add-shared-scale", "TQ006": "qdq.sibling-shared-input",
           "TQ007": "qdq.float-fanout"}
+#: the block rules of ultralytics.yaml (quantizers inside C2f/C3k2/C2PSA, PSABlock/SPPF, Attention forwards)
+BLOCKS = {"TQ008": "qdq.split-input", "TQ009": "qdq.block-residual-add", "TQ010": "qdq.attention-int8"}
 
 
 def test_shipped_policies_have_stable_ids_and_reasons():
@@ -76,6 +78,12 @@ BAD = {
                       "  - {id: TQ001, name: a.c, kind: siblings, why: x}\n"), "key 'rules[1].id' repeats", "own id"),
     "missing-why": ("rules:\n  - {id: TQ001, name: a.b, kind: siblings}\n", "key 'rules[0] (TQ001).why'", "why"),
     "not-yaml": ("rules: [\n", "is not valid YAML", "Fix the YAML"),
+    "bad-block-mode": ("rules:\n  - {id: TQ008, name: a.b, kind: block, mode: split, blocks: [C2f], why: x}\n",
+                       "key 'rules[0] (TQ008).mode' is 'split'", "Allowed values: split-input, residual-add, attention"),
+    "unknown-block": ("rules:\n  - {id: TQ008, name: a.b, kind: block, mode: split-input, blocks: [C2fAttn], why: x}\n",
+                      "lists 'C2fAttn', which mode 'split-input' cannot quantize", "Allowed values: C2f, C3k2, C2PSA"),
+    "block-without-blocks": ("rules:\n  - {id: TQ008, name: a.b, kind: block, mode: attention, why: x}\n",
+                             "key 'rules[0] (TQ008).blocks' must be a non-empty list", "Allowed values: "),
     "extends-missing": ("extends: nothere.yaml\n", "key 'extends' names 'nothere.yaml', which does not exist",
                         "Allowed values: a shipped policy"),
 }
@@ -108,12 +116,17 @@ def test_list_prints_every_rule_and_family_settings():
     import json
 
     data = json.loads(result.output)
-    assert [(r["id"], r["name"]) for r in data["rules"]] == list(STABLE.items())
-    fanout = data["rules"][-1]["settings"]
-    assert fanout == {"default": "report", "yolov5": "quantize-input", "yolov7": "report"}
-    assert {(o["file"], o["id"]) for o in data["overrides"]} == {("yolov5", "TQ007"), ("yolov7", "TQ007")}
+    assert [(r["id"], r["name"]) for r in data["rules"]] == list({**STABLE, **BLOCKS}.items())
+    fanout = data["rules"][6]["settings"]
+    assert fanout == {"default": "report", "yolov5": "quantize-input", "yolov7": "report", "ultralytics": "report"}
+    assert [r["settings"] for r in data["rules"][7:]] == [{"ultralytics": "split-input"},
+                                                          {"ultralytics": "residual-add"}, {"ultralytics": "attention"}]
+    assert data["rules"][7]["blocks"] == ["C2f", "C3k2", "C2PSA"] and data["rules"][7]["kind"] == "block"
+    assert {(o["file"], o["id"]) for o in data["overrides"]} == {("yolov5", "TQ007"), ("yolov7", "TQ007"),
+                                                                  ("ultralytics", "TQ007"),
+                                                                  *(("ultralytics", i) for i in BLOCKS)}
     text = CliRunner().invoke(main, ["rules", "--list"]).output
-    assert all(i in text and n in text for i, n in STABLE.items())
+    assert all(i in text and n in text for i, n in {**STABLE, **BLOCKS}.items())
 
 
 def test_rules_without_checkpoint_is_a_usage_error():
@@ -137,6 +150,20 @@ def test_rule_overrides_from_the_command_line():
         with pytest.raises(UsageError) as err:
             pol.with_overrides([bad])
         assert message in err.value.one_line()
+
+
+def test_block_rules_switch_on_and_off_only():
+    from trtqat.errors import UsageError
+
+    pol = load_policy_file(RULES_DIR / "ultralytics.yaml")
+    assert [(r.id, r.mode, r.blocks) for r in pol.active("block")] == [
+        ("TQ008", "split-input", ("C2f", "C3k2", "C2PSA")), ("TQ009", "residual-add", ("PSABlock", "SPPF")),
+        ("TQ010", "attention", ("Attention",))]
+    assert [r.id for r in pol.with_overrides(["TQ010=off"]).active("block")] == ["TQ008", "TQ009"]
+    with pytest.raises(UsageError) as err:
+        pol.with_overrides(["TQ010=report"])
+    assert "Allowed values: on, off" in err.value.one_line()
+    assert pol.fanout_mode() == "report"  # a block rule's mode is not a fan-out mode
 
 
 def test_float_reason_names_the_pattern_and_its_source():

@@ -151,6 +151,14 @@ def _listing(why: dict[str, str], limit: int = 8) -> str:
     return "\n".join(lines + ([f"... {len(why) - limit} more (--json lists all)"] if len(why) > limit else [])) or "none"
 
 
+def _block_ops(ops: dict) -> str:
+    """``TQ008 x8, TQ010 x4`` for the quantizers a policy ``block`` rule put inside blocks."""
+    counts: dict[str, int] = {}
+    for rule in ops.values():
+        counts[rule] = counts.get(rule, 0) + 1
+    return ", ".join(f"{rule} x{n}" for rule, n in sorted(counts.items()))
+
+
 def _rows(s: dict) -> list[tuple[str, str]]:
     calib = s["calib"] or {}
     family = f"{s['family']} {s['version']}" if s.get("version") else s["family"]
@@ -160,6 +168,7 @@ def _rows(s: dict) -> list[tuple[str, str]]:
             ("placement", s.get("placement") or "-"),
             ("kept float (why)", _listing(s.get("float") or dict.fromkeys(s["ignored"], "ignored"))),
             ("INT8 input, float output", _listing(s.get("converted") or {})),
+            *([("quantizers inside blocks", _block_ops(s["block_ops"]))] if s.get("block_ops") else []),
             ("ignore patterns (regex)", " | ".join(s["ignore_policy"]) or "-"),
             *([("ignore patterns matching nothing", " | ".join(s["unmatched_ignore"]))] if s.get("unmatched_ignore") else []),
             ("scale-sharing groups", str(s["groups"])),

@@ -80,6 +80,10 @@ def _print(r: dict) -> None:
         say(f"stored in the checkpoint; placement: {r.get('placement') or 'not recorded'}")
     if r.get("converted"):
         say(f"INT8 input, float output: {', '.join(r['converted'])}")
+    if r.get("block_ops"):
+        per_rule = Counter(r["block_ops"].values())
+        say("quantizers inside blocks: " + ", ".join(f"{rule} x{n}" for rule, n in sorted(per_rule.items()))
+            + f" ({', '.join(list(r['block_ops'])[:3])}{', ...' if len(r['block_ops']) > 3 else ''})")
     floats = r.get("float") or dict.fromkeys(r["ignored"], "ignored")
     if r.get("stored") and not floats:
         say("kept float: not recorded in this checkpoint")
@@ -93,7 +97,8 @@ def _print(r: dict) -> None:
 def _list(rules_file, as_json: bool) -> None:
     from ..graph.policy import RULES_DIR, load_policy_file
 
-    files = [Path(rules_file)] if rules_file else [RULES_DIR / f"{n}.yaml" for n in ("default", "yolov5", "yolov7")]
+    names = ("default", "yolov5", "yolov7", "ultralytics")
+    files = [Path(rules_file)] if rules_file else [RULES_DIR / f"{n}.yaml" for n in names]
     policies = [load_policy_file(f) for f in files]
     labels = [f.stem for f in files]
     rows = []

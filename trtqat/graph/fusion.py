@@ -12,6 +12,17 @@ Fusions"; rule names as in shared/reference/trt-qdq-processing.md §4):
       When both Add inputs come straight from convs, TensorRT lets the later conv host the Add
       (observed: the downsample conv hosts it in the TREx engines).
   F3  non-weighted quantizable op: runs INT8 only as DQ -> op -> Q.
+
+A MatMul of two activations (the batched GEMMs of attention) is a weighted op whose "weights" arrive at run
+time: TensorRT expects a Q/DQ pair on every input of a quantizable layer (developer guide), so it runs INT8
+only when *both* inputs come through a DQ, and absorbs both. It hosts no residual Add.
+
+  F4  attention (BMM1 -> [scale] -> Softmax -> Q/DQ -> BMM2, every BMM input through a DQ): TensorRT's
+      multi-head-attention fusion runs the chain as one kernel, so the Softmax is BMM1's epilogue and the
+      Q/DQ on its output (BMM2's input) is absorbed. NVIDIA's placement for it in explicit quantization:
+      "add Q/DQ ops before the two batch gemms in the MHA and also before the ResidualAdd" (NVIDIA/TensorRT
+      #3243, maintainer; the fused kernels need TensorRT 8.6+/Myelin, and their shape limits are not
+      modelled). Confidence: maint, not checked against an engine here. Any other Softmax stays float.
 """
 from __future__ import annotations
 
@@ -85,6 +96,46 @@ def _residual_add(ir: QdqIr, t: str) -> IrNode | None:
     return add
 
 
+def is_activation_matmul(ir: QdqIr, n: IrNode) -> bool:
+    """A MatMul whose two inputs are activations (the batched GEMMs of attention), not constant weights."""
+    return (n.op == "MatMul" and len(n.inputs) == 2 and all(x and not ir.is_const(x) for x in n.inputs))
+
+
+def _activation_inputs(ir: QdqIr, n: IrNode) -> list[str]:
+    """The activation inputs of a weighted op: input 0, and input 1 too for a MatMul of two activations."""
+    return list(n.inputs[:2]) if is_activation_matmul(ir, n) else [n.inputs[0]]
+
+
+def _feeds_only_bmm(ir: QdqIr, t: str) -> bool:
+    """Does ``t`` reach only activation MatMuls, through Q/DQ and data movement (the softmax of attention)?"""
+    stack, seen, found = [t], set(), False
+    while stack:
+        x = stack.pop()
+        if x in ir.outputs or not ir.cons(x):
+            return False
+        for c in ir.cons(x):
+            if c.is_q or c.is_dq or (c.beh.commuting and not c.beh.compute):
+                if id(c) not in seen:
+                    seen.add(id(c))
+                    stack += c.outputs
+            elif is_activation_matmul(ir, c):
+                found = True
+            else:
+                return False
+    return found
+
+
+def _attention_softmax(ir: QdqIr, bmm: IrNode, t: str) -> IrNode | None:
+    """F4: the Softmax that ``t`` (the end of BMM1's chain) alone feeds, when it feeds only a BMM2 and every
+    input of BMM1 comes through a DQ (an INT8 attention TensorRT fuses)."""
+    cons = ir.cons(t)
+    if t in ir.outputs or len(cons) != 1 or cons[0].op != "Softmax":
+        return None
+    if not all(ir.dq_of(x) is not None for x in bmm.inputs[:2]):
+        return None
+    return cons[0] if _feeds_only_bmm(ir, cons[0].outputs[0]) else None
+
+
 def form_groups(ir: QdqIr) -> list[Group]:
     """Partition the non-Q/DQ nodes of ``ir`` into predicted engine layers (topological order)."""
     claimed: set[int] = set()
@@ -92,7 +143,14 @@ def form_groups(ir: QdqIr) -> list[Group]:
     heads: dict[int, tuple[list[IrNode], str]] = {}
     hosts: dict[int, tuple[IrNode, IrNode]] = {}  # id(Add) -> (Add, hosting weighted op: the later one)
     for n in ir.nodes:
-        if n.beh.weighted and len(n.inputs) > 1 and ir.is_const(n.inputs[1]):
+        if n.beh.weighted and is_activation_matmul(ir, n):
+            chain, end = _chain(ir, n.outputs[0])
+            softmax = _attention_softmax(ir, n, end)
+            if softmax is not None:
+                post, end = _chain(ir, softmax.outputs[0])
+                chain += [softmax, *post]
+            heads[id(n)] = (chain, end)
+        elif n.beh.weighted and len(n.inputs) > 1 and ir.is_const(n.inputs[1]):
             chain, end = _chain(ir, n.outputs[0])
             heads[id(n)] = (chain, end)
             add = _residual_add(ir, end)
@@ -130,12 +188,14 @@ def _single_q(ir: QdqIr, t: str) -> IrNode | None:
 def _assign_precision(ir: QdqIr, g: Group) -> None:
     root = g.root
     if g.kind == "weighted":
-        act = root.inputs[0]
-        if ir.dq_of(act) is None:
-            g.why_float = "its activation input has no DequantizeLinear (not quantized)"
+        acts = _activation_inputs(ir, root)
+        if any(ir.dq_of(act) is None for act in acts):
+            g.why_float = ("its activation input has no DequantizeLinear (not quantized)" if len(acts) == 1 else
+                           "a MatMul of two activations runs INT8 only when both inputs come through a "
+                           "DequantizeLinear")
             return
         g.precision = "INT8"
-        g.int8_inputs.add(act)
+        g.int8_inputs.update(acts)
         res_int8 = g.residual is None or ir.dq_of(g.residual) is not None
         q = _single_q(ir, g.end)
         if q is not None and res_int8:

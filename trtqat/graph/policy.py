@@ -13,7 +13,10 @@ is a per-model decision. Both live in YAML files that users can read, diff and o
 - ``float-fanout``: a quantized tensor that a float layer also reads (``mode: report`` keeps the layer
   float and reports the standalone Quantize TensorRT will keep; ``quantize-input`` gives a float
   weighted layer an INT8 input with the shared scale and INT8 weights, its output stays float);
-- ``group``: an explicit group of ``members`` (quantized module or quantizer names).
+- ``group``: an explicit group of ``members`` (quantized module or quantizer names);
+- ``block``: quantizers inside the forward of the module classes named in ``blocks`` (``mode``: the Split
+  input of C2f-style blocks, their residual Adds, the two MatMuls of an attention block), placed by
+  :mod:`trtqat.quant.blocks` when the modules are replaced; the rules above then tie their scales.
 
 A malformed file raises :class:`~trtqat.errors.InputError` (exit 2) naming the file, the key and the
 allowed values. Rules are merged by ``id`` along the ``extends:`` chain (a child entry overrides the
@@ -37,12 +40,16 @@ from .optable import OPS
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
 TOP_KEYS = ("extends", "description", "ignore", "ignore_detect_outputs", "rules")
-KINDS = ("align", "residual-add", "siblings", "float-fanout", "group")
+KINDS = ("align", "residual-add", "siblings", "float-fanout", "group", "block")
 FANOUT_MODES = ("report", "quantize-input")
+#: what a ``block`` rule quantizes inside a block -> the block classes it knows (trtqat/quant/blocks.py has
+#: one forward per class: the quantizers sit inside the upstream forward, so only known classes qualify)
+BLOCK_MODES = {"split-input": ("C2f", "C3k2", "C2PSA"), "residual-add": ("PSABlock", "SPPF"),
+               "attention": ("Attention",)}
 RESIDUAL_OPS = ("Add",)
 #: rule keys allowed per kind (besides id, name, kind, why, enabled)
 KIND_KEYS = {"align": ("ops",), "residual-add": ("ops",), "siblings": (), "float-fanout": ("mode",),
-             "group": ("members",)}
+             "group": ("members",), "block": ("mode", "blocks")}
 BASE_KEYS = ("id", "name", "kind", "why", "enabled")
 ID_RE = re.compile(r"^[A-Z]{2,6}\d{3}$")
 NAME_RE = re.compile(r"^[a-z0-9]+([.-][a-z0-9]+)*$")
@@ -55,7 +62,7 @@ def align_ops() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Rule:
-    """One validated rule; ``ops``/``mode``/``members`` are empty unless its kind uses them."""
+    """One validated rule; ``ops``/``mode``/``members``/``blocks`` are empty unless its kind uses them."""
 
     id: str
     name: str
@@ -65,6 +72,7 @@ class Rule:
     ops: tuple[str, ...] = ()
     mode: str = ""
     members: tuple[str, ...] = ()
+    blocks: tuple[str, ...] = ()  # module class names (``block`` rules)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "kind": self.kind, "enabled": self.enabled,
@@ -262,7 +270,7 @@ def _merge_rules(parent: list[dict], child: list, label: str) -> list[dict]:
     for i, entry in enumerate(child):
         if not isinstance(entry, dict):
             _fail(label, f"rules[{i}]", f"must be a mapping, got {entry!r}",
-                  f"Allowed keys: {', '.join(BASE_KEYS + ('ops', 'mode', 'members'))}")
+                  f"Allowed keys: {', '.join(BASE_KEYS + ('ops', 'mode', 'members', 'blocks'))}")
         rid = entry.get("id")
         if rid in own:
             _fail(label, f"rules[{i}].id", f"repeats {rid!r}", "Give every rule of a file its own id")
@@ -318,6 +326,16 @@ def _rule(entry: dict, label: str, i: int) -> Rule:
         if len(members) < 2:
             _fail(label, f"{where}.members", "needs at least two members", "List two or more module names")
         rule = dataclasses.replace(rule, members=tuple(members))
+    elif kind == "block":
+        mode = entry.get("mode")
+        if not isinstance(mode, str) or mode not in BLOCK_MODES:
+            _fail(label, f"{where}.mode", f"is {mode!r}", f"Allowed values: {', '.join(BLOCK_MODES)}")
+        blocks = _str_list(entry.get("blocks"), label, f"{where}.blocks", "module class names such as C2f")
+        for b in blocks:
+            if b not in BLOCK_MODES[mode]:
+                _fail(label, f"{where}.blocks", f"lists {b!r}, which mode '{mode}' cannot quantize",
+                      f"Allowed values: {', '.join(BLOCK_MODES[mode])}")
+        rule = dataclasses.replace(rule, mode=mode, blocks=tuple(blocks))
     return rule
 
 

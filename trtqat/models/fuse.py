@@ -82,6 +82,8 @@ def use_split_forward(model) -> int:
     how many. A no-op for other families."""
     n = 0
     for m in model.modules():
+        if getattr(m.__dict__.get("forward"), "trtqat_forward", False):
+            continue  # a quantized block's own forward (trtqat.quant.blocks): it splits statically already
         if type(m).__module__.split(".")[0] == "ultralytics" and callable(getattr(m, "forward_split", None)):
             if getattr(m, "forward", None) != m.forward_split:
                 m.forward = m.forward_split

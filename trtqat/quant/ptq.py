@@ -90,6 +90,7 @@ class PtqResult:
                 "detect": fam.detect_name,
                 "quantized": dict(self.replaced.quantized), "ignored": self.replaced.ignored,
                 "float": dict(self.replaced.float_why), "converted": dict(self.replaced.converted),
+                "block_ops": dict(self.replaced.block_ops),
                 "ignore_policy": list(self.ignore), "unmatched_ignore": list(self.replaced.unmatched),
                 "groups": len(self.groups), "placement": self.placement,
                 "calib": self.calib.to_dict() if self.calib else None, "skipped_images": self.skipped_images,
@@ -104,9 +105,12 @@ def check_size(size: int, model) -> None:
                          f"Use e.g. --size {max(stride, round(size / stride) * stride)}")
 
 
-def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig,
-                      trace_size: int | None = None) -> tuple[object, ReplaceReport, list, tuple]:
-    """Fuse, replace modules (ignore policy) and apply scale-sharing rules.
+def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig, trace_size: int | None = None, *,
+                      discover_only: bool = False) -> tuple[object, ReplaceReport, list, tuple]:
+    """Fuse, replace modules (ignore policy, the policy's ``block`` rules) and apply scale-sharing rules.
+
+    ``discover_only`` stops before the scale-sharing step (``trtqat rules`` runs its own discovery on the
+    model as a PTQ run would see it, block quantizers included).
 
     The policy file (``rules/<family>.yaml`` or ``--rules FILE``, with ``rule_overrides``) always supplies
     the ignore patterns; see :class:`QuantConfig` for ``use_rules`` and ``share``. The report says why each
@@ -122,9 +126,10 @@ def prepare_quantized(loaded: LoadedModel, qconf: QuantConfig,
     policy = load_policy(loaded.family, qconf.rules_file).with_overrides(qconf.rule_overrides)
     ignore = (tuple(policy.ignore) if qconf.family_ignore else ()) + tuple(qconf.ignore)
     replaced = replace_modules(model, ignore, quantize_maxpool=qconf.quantize_maxpool,
-                               quantize_residual_add=qconf.quantize_residual_add)
+                               quantize_residual_add=qconf.quantize_residual_add,
+                               blocks=policy.active("block") if qconf.use_rules else ())
     groups, notes = [], {}
-    if qconf.use_rules:  # user --ignore-policy layers are never converted by the float-fanout rule
+    if qconf.use_rules and not discover_only:  # user --ignore-policy layers are never converted by TQ007
         found = discover(model, dataclasses.replace(policy, ignore=policy.ignore + tuple(qconf.ignore)),
                          size=trace_size or 2 * model_stride(model))
         mode = policy.fanout_mode()
@@ -208,7 +213,7 @@ def run_ptq(ckpt: str | Path, *, repo: str | Path | None, calib: CalibConfig, qc
                       "calib_dir": str(calib.calib_dir)},
             "ignore": list(ignore), "groups": [g.to_dict() if hasattr(g, "to_dict") else g for g in groups],
             "quantized": dict(replaced.quantized), "float": dict(replaced.float_why),
-            "converted": dict(replaced.converted), "placement": replaced.placement,
-            "config": {k: str(v) for k, v in asdict(qconf).items()}})
+            "converted": dict(replaced.converted), "block_ops": dict(replaced.block_ops),
+            "placement": replaced.placement, "config": {k: str(v) for k, v in asdict(qconf).items()}})
     res.seconds = time.perf_counter() - t0
     return res

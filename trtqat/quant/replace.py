@@ -8,7 +8,9 @@ What gets quantized, and why (TensorRT explicit quantization):
   run pooling in INT8 inside SPPF/SPPCSPC/MP blocks; the reference tool never quantizes it;
 - the residual Add of Bottleneck-style blocks (``QuantAdd``): lets TensorRT fuse the add into the conv
   with an INT8 output;
-- AvgPool2d / AdaptiveAvgPool2d: quantizable non-weighted layers.
+- AvgPool2d / AdaptiveAvgPool2d: quantizable non-weighted layers;
+- inside the blocks a policy ``block`` rule names (``blocks``): the Split input of C2f-style blocks, their
+  residual Adds, the MatMuls of attention (:mod:`trtqat.quant.blocks`).
 
 Modules whose dotted name matches an ignore regex (``re.match``, anchored at the start) stay float;
 the family default keeps the detect head's output convs in float. A pattern that keeps nothing float (it
@@ -28,6 +30,7 @@ import torch
 from pytorch_quantization import nn as qnn
 
 from ..errors import UsageError
+from .blocks import quantize_blocks
 from .quantizers import WEIGHT_AXIS, input_quantizer, weight_quantizer
 from .residual import is_residual_block, quantize_residual
 
@@ -51,6 +54,7 @@ class ReplaceReport:
     quantized: Counter = field(default_factory=Counter)
     ignored: list[str] = field(default_factory=list)
     residual_adds: list[str] = field(default_factory=list)
+    block_ops: dict[str, str] = field(default_factory=dict)  # quantizer module a block rule created -> rule id
     float_why: dict[str, str] = field(default_factory=dict)  # ignored module -> why it stays float
     converted: dict[str, str] = field(default_factory=dict)  # module a rule gave an INT8 input -> how
     placement: str = ""  # the placement that produced this: rules, --no-share or the --no-rules baseline
@@ -58,11 +62,12 @@ class ReplaceReport:
 
     def to_dict(self) -> dict:
         return {"quantized": dict(self.quantized), "ignored": self.ignored, "residual_adds": self.residual_adds,
-                "float_why": self.float_why, "converted": self.converted, "unmatched": self.unmatched}
+                "block_ops": self.block_ops, "float_why": self.float_why, "converted": self.converted,
+                "unmatched": self.unmatched}
 
     def recount(self, model: torch.nn.Module) -> None:
         """Count the quantized modules actually in ``model`` (after rules that convert layers)."""
-        quant_types = {q.__name__ for q, _ in QUANT_MAP.values()} | {"QuantAdd"}
+        quant_types = {q.__name__ for q, _ in QUANT_MAP.values()} | {"QuantAdd", "QuantSplit", "QuantMatMul"}
         self.quantized = Counter(type(m).__name__ for m in model.modules() if type(m).__name__ in quant_types)
 
 
@@ -100,8 +105,14 @@ def _swap(module: torch.nn.Module, quant_cls: type, has_weight: bool, num_bits: 
 
 
 def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_bits: int = 8,
-                    quantize_maxpool: bool = True, quantize_residual_add: bool = True) -> ReplaceReport:
-    """Swap supported modules in ``model`` (in place) for quantized ones; return what happened."""
+                    quantize_maxpool: bool = True, quantize_residual_add: bool = True,
+                    blocks: Iterable = ()) -> ReplaceReport:
+    """Swap supported modules in ``model`` (in place) for quantized ones; return what happened.
+
+    ``blocks`` are the policy's enabled ``block`` rules (:class:`~trtqat.graph.policy.Rule`): quantizers inside
+    the forward of the blocks they name; a quantizer module an ignore pattern names stays out (listed in
+    ``ignored``).
+    """
     policy = compile_policy(ignore)
     report = ReplaceReport()
     hits: set[str] = set()
@@ -126,6 +137,17 @@ def replace_modules(model: torch.nn.Module, ignore: Iterable[str] = (), *, num_b
                 quantize_residual(module, num_bits)
                 report.residual_adds.append(add_name)
                 report.quantized["QuantAdd"] += 1
+    blocks = list(blocks)
+    if blocks:
+        def skip(op_name: str) -> bool:
+            if ignored(op_name, policy, hits):
+                report.ignored.append(op_name)
+                return True
+            return False
+
+        for op_name, rule_id in quantize_blocks(model, blocks, skip, num_bits=num_bits):
+            report.block_ops[op_name] = rule_id
+            report.quantized[type(model.get_submodule(op_name)).__name__] += 1
     report.unmatched = list(dict.fromkeys(p.pattern for p in policy if p.pattern not in hits))
     for pattern in report.unmatched:
         log.warning("ignore pattern '%s' matches no quantizable module of this %s: it keeps nothing float",

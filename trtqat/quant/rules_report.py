@@ -32,9 +32,10 @@ def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file
                 "output_layout": loaded.family.output_layout, "policy": [], "groups": list(meta.get("groups", [])), "aligned": [],
                 "fanouts": [], "ignored": list(meta.get("float", {})), "float": dict(meta.get("float", {})),
                 "ignore_policy": list(meta.get("ignore", [])), "converted": list(meta.get("converted", {})),
-                "placement": meta.get("placement", ""), "fanout_mode": "", "fanout_why": "", "stored": True}
-    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, use_rules=False, rule_overrides=overrides)
-    model, replaced, _, patterns = prepare_quantized(loaded, qconf, size)
+                "block_ops": dict(meta.get("block_ops", {})), "placement": meta.get("placement", ""),
+                "fanout_mode": "", "fanout_why": "", "stored": True}
+    qconf = QuantConfig(ignore=ignore, rules_file=rules_file, rule_overrides=overrides)
+    model, replaced, _, patterns = prepare_quantized(loaded, qconf, size, discover_only=True)
     policy = load_policy(loaded.family, rules_file).with_overrides(overrides)
     policy = dataclasses.replace(policy, ignore=policy.ignore + tuple(ignore))  # explicit: never converted
     result = discover(model, policy, size=size)
@@ -48,5 +49,5 @@ def rules_report(ckpt: str | Path, *, repo: str | Path | None = None, rules_file
             "output_layout": loaded.family.output_layout, "policy": list(policy.sources), **result.to_dict(),
             "ignored": list(why), "float": why, "ignore_policy": list(patterns),
             "unmatched_ignore": list(replaced.unmatched),
-            "converted": converted, "fanout_mode": policy.fanout_mode(),
+            "converted": converted, "block_ops": dict(replaced.block_ops), "fanout_mode": policy.fanout_mode(),
             "fanout_why": fanout[0].why if fanout else "", "stored": False}
