@@ -35,6 +35,7 @@ DIST = {"PIL": "pillow", "yaml": "pyyaml", "onnx_graphsurgeon": "onnx-graphsurge
 NOT_DECLARED = {
     "torchvision": "used for NMS only when it imports (trtqat.eval.nms has an exact fallback); upstream repos need it",
     "absl": "a dependency of pytorch-quantization, quieted when present (trtqat.quant._compat)",
+    "ultralytics": "AGPL, never a dependency: only `make fixtures` imports it, the scratch package it writes (train_fixtures)",
 }
 #: the optional packages and their extras: the only ones a plain install may lack
 OPTIONAL = {"tensorrt": "tensorrt", "pycuda": "tensorrt", "matplotlib": "plot", "onnxslim": "simplify",
@@ -82,6 +83,12 @@ def test_every_third_party_import_is_declared():
         elif dist not in deps and module not in NOT_DECLARED:
             undeclared[module] = [w for w, _ in where]
     assert not undeclared, f"imported by trtqat but not a dependency in pyproject.toml: {undeclared}"
+
+
+def test_ultralytics_is_imported_only_to_train_the_scratch_fixture():
+    """Ultralytics checkpoints import the package by unpickling; trtqat's own code names it in one place only."""
+    files = {w.split(":")[0] for w, _ in _imports().get("ultralytics", [])}
+    assert files <= {"trtqat/demo/train_fixtures.py"}, files
 
 
 def test_optional_packages_are_imported_lazily():
