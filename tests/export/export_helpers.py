@@ -5,6 +5,25 @@ from click.testing import CliRunner
 
 #: input size of the export tests (stride 32; small to keep the area fast)
 SIZE = 160
+
+
+def wrap_outputs(session_factory, corrupt):
+    """Wrap ``verify.ort_session`` so every output onnxruntime returns goes through ``corrupt(array) -> array``:
+    a broken export as the verifier sees it."""
+
+    class Corrupted:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+        def run(self, names, feed):
+            return [corrupt(o) for o in self.sess.run(names, feed)]
+
+    return lambda data: Corrupted(session_factory(data))
+
+
 def corrupting(session_factory, kind: str, *, decoded: bool):
     """Wrap ``verify.ort_session`` so every output onnxruntime returns is corrupted like a broken export:
     ``reverse`` reverses the class scores of every row, ``shuffle`` permutes objectness across rows,
@@ -23,17 +42,7 @@ def corrupting(session_factory, kind: str, *, decoded: bool):
             raise ValueError(kind)
         return v.reshape(out.shape)
 
-    class Corrupted:
-        def __init__(self, sess):
-            self.sess = sess
-
-        def __getattr__(self, name):
-            return getattr(self.sess, name)
-
-        def run(self, names, feed):
-            return [corrupt(o) for o in self.sess.run(names, feed)]
-
-    return lambda data: Corrupted(session_factory(data))
+    return wrap_outputs(session_factory, corrupt)
 
 
 def run_cli(*args):

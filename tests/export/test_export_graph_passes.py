@@ -95,3 +95,41 @@ def test_fp16_conversion_valid_runnable_and_close(opset):
     assert got.dtype == np.float32
     cos = float((ref.ravel() @ got.ravel()) / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cos > 0.999
+
+
+def test_dynamic_cleanup_takes_shape_reads_off_the_activations():
+    """``Shape -> Gather(0)`` of a tensor whose dim 0 is the batch reads the network input instead (the Resize
+    gave that tensor a symbol of its own, so only folding at two pinned batch sizes proves it); a static dim
+    is a constant; dim 0 of a tensor that is not batch-major (``[B*96, 16]``) is left as it is."""
+    from onnx import helper, numpy_helper
+
+    model = qdq_conv_model()
+    g = model.graph
+    g.initializer.extend([numpy_helper.from_array(np.int64(1), "idx1"),
+                          numpy_helper.from_array(np.array([-1, 16], np.int64), "flat_shape"),
+                          numpy_helper.from_array(np.array([-1], np.int64), "minus1")])
+    g.node.extend([
+        helper.make_node("Gather", ["shp", "idx1"], ["ch"]),  # a static dim (6)
+        helper.make_node("Unsqueeze", ["ch", "axes0"], ["ch1"]),
+        helper.make_node("Concat", ["ch1", "minus1"], ["shape2"], axis=0),
+        helper.make_node("Reshape", ["c2", "shape2"], ["by_channel"]),
+        helper.make_node("Reshape", ["c2", "flat_shape"], ["flat"]),  # [B*96, 16]
+        helper.make_node("Shape", ["flat"], ["flat_shp"]),
+        helper.make_node("Gather", ["flat_shp", "idx0"], ["rows"]),
+        helper.make_node("Unsqueeze", ["rows", "axes0"], ["rows1"]),
+        helper.make_node("Concat", ["rows1", "minus1"], ["shape3"], axis=0),
+        helper.make_node("Reshape", ["flat", "shape3"], ["flat2"]),
+    ])
+    g.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("by_channel", "flat2")])
+    clean, report = cleanup_model(model, dynamic_batch=True)
+    assert report.batch_shapes_rewired == 1
+    shapes = {n.output[0]: n.input[0] for n in clean.graph.node if n.op_type == "Shape"}
+    assert sorted(shapes.values()) == ["flat", "images"]  # the static read of c2 folded (here by shape inference)
+    import onnxruntime as ort
+
+    for batch in (1, 3):
+        x = images(batch)
+        got = ort.InferenceSession(clean.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+        ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)

@@ -269,3 +269,25 @@ def test_wrong_qdq_scale_is_caught_exactly(ptq_checkpoint, tmp_path, monkeypatch
     assert res.exit_code == 1, res.stderr
     assert "Q/DQ parameter mismatch" in res.stderr and "matches no activation quantizer" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dynamic_hw_fp16_export_builds_its_grid_in_float32(yolo_checkpoint, tmp_path):
+    """--dynamic-hw traces the detect head with its own ``dynamic`` flag (grid from the input shape); the FP16
+    conversion keeps that grid's Range (no float16 type) in float32, and the file decodes at another size."""
+    import torch
+
+    from trtqat.models import fuse_model, load_checkpoint
+    from trtqat.quant import verify
+    from trtqat.quant.export import ExportConfig, export_model
+
+    ckpt, repo = yolo_checkpoint("yolov5")
+    save = tmp_path / "hw.onnx"
+    export_model(ckpt, repo, ExportConfig(size=64, save=save, dynamic=True, dynamic_hw=True, no_quant=True,
+                                          verify=False))
+    model = fuse_model(load_checkpoint(ckpt, repo).model).eval()
+    x = np.random.default_rng(0).random((1, 3, 96, 128), dtype=np.float32)
+    got = verify.ort_session(save.read_bytes()).run(None, {"images": x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[0].numpy()
+    assert got.shape == ref.shape == (1, 3 * (12 * 16 + 6 * 8 + 3 * 4), 85)
+    assert verify.measure_output(ref, got, decoded=True)["boxes"][0] > 0.9999

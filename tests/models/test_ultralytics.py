@@ -17,6 +17,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
+from upstream_modules import restore, upstream_modules
 
 from trtqat.cli import main
 from trtqat.demo import fixtures
@@ -28,17 +29,11 @@ DETECT = {"yolov8": "model.22", "yolo11": "model.23", "yolo26": "model.23"}
 VERSION = {"yolov8": "v8", "yolo11": "11", "yolo26": "26"}
 
 
-def _ultralytics_modules() -> dict:
-    return {k: v for k, v in sys.modules.items() if k.split(".")[0] == "ultralytics"}
-
-
 @pytest.fixture(autouse=True)
 def restore_ultralytics_modules():
-    before = _ultralytics_modules()
+    before = upstream_modules()
     yield
-    for k in list(_ultralytics_modules()):
-        del sys.modules[k]
-    sys.modules.update(before)
+    restore(before)
 
 
 def one_error_line(output: str) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 from click.testing import CliRunner
+from upstream_modules import restore, upstream_modules
 
 from trtqat.demo import fixtures
 
@@ -21,21 +21,11 @@ DETECT = {"yolov8": "model.22", "yolo11": "model.23", "yolo26": "model.23"}
 VERSION = {"yolov8": "v8", "yolo11": "11", "yolo26": "26"}
 
 
-def _ultralytics_modules() -> dict:
-    return {k: v for k, v in sys.modules.items() if k.split(".")[0] == "ultralytics"}
-
-
-def _restore(before: dict) -> None:
-    for k in list(_ultralytics_modules()):
-        del sys.modules[k]
-    sys.modules.update(before)
-
-
 @pytest.fixture(autouse=True)
-def restore_ultralytics_modules():
-    before = _ultralytics_modules()
+def restore_upstream_modules():
+    before = upstream_modules()
     yield
-    _restore(before)
+    restore(before)
 
 
 def _cli(*args, code: int = 0):
@@ -57,10 +47,10 @@ def rules_json(yolo_checkpoint):
 
     def get(family):
         if family not in cache:
-            before = _ultralytics_modules()
+            before = upstream_modules()
             ckpt, repo = yolo_checkpoint(family, "model")
             cache[family] = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
-            _restore(before)
+            restore(before)
         return cache[family]
 
     return get
@@ -74,12 +64,12 @@ def ptq(yolo_checkpoint, calib_images, tmp_path_factory):
 
     def get(family):
         if family not in cache:
-            before = _ultralytics_modules()
+            before = upstream_modules()
             ckpt, repo = yolo_checkpoint(family, "model")
             out = root / f"{family}_ptq.pt"
             res = _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
                        "--calib-batches", 1, "--calib-method", "max", "--ptq", out, "--json")
-            _restore(before)
+            restore(before)
             cache[family] = (out, repo, json.loads(res.stdout))
         return cache[family]
 
@@ -214,10 +204,10 @@ def exported(ptq, tmp_path_factory):
     def get(family):
         if family not in cache:
             path, repo, _ = ptq(family)
-            before = _ultralytics_modules()
+            before = upstream_modules()
             out = root / f"{family}.onnx"
             _cli("export", path, "--repo", repo, "--size", SIZE, "--no-verify", "--save", out)
-            _restore(before)
+            restore(before)
             cache[family] = (out, lint_onnx(out))
         return cache[family]
 

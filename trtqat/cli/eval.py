@@ -73,6 +73,8 @@ def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, de
 
 def _format(row: dict) -> str:
     parts = [row["format"], row["kind"] or "?"]
+    if row.get("family") and row.get("version"):  # Ultralytics models: which one (the layout names the family)
+        parts += [f"{row['family']} {row['version']}"]
     if row["format"] != "checkpoint":
         parts += [row["head"]]
     if row.get("layout"):

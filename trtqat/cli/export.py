@@ -14,6 +14,8 @@ from .output import emit_json, print_table, say
 \b
 Outputs: --head decoded -> 'output' [B, N, 5+nc] (boxes decoded in-graph, N = 3 x sum of H/s x W/s);
          --head raw     -> 's8', 's16', 's32' [B, 3, H/s, W/s, 5+nc].
+Ultralytics YOLOv8/YOLO11/YOLO26 (decoded only): 'output0' [B, 4+nc, N], or
+         [B, K, 6] (x1, y1, x2, y2, score, class) when YOLO26's end-to-end head runs.
 \b
 Example:
   trtqat export ptq.pt --repo ~/yolov7 --size 640 --dynamic --save ptq.onnx
@@ -28,7 +30,7 @@ Example:
 @click.option("--dynamic-hw", is_flag=True, help="Also dynamic height/width (output N becomes unknown).")
 @click.option("--opset", type=int, default=13, show_default=True, help="ONNX opset, 13..19 (19 = FP16 Q/DQ).")
 @click.option("--head", type=click.Choice(["decoded", "raw"]), default="decoded", show_default=True,
-              help="Decoded boxes in one output, or the raw per-stride head tensors.")
+              help="Decoded boxes in one output, or the raw per-stride head tensors (YOLOv5/YOLOv7 only).")
 @click.option("--float-dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="Dtype of the non-quantized layers (strongly typed TensorRT runs them in it).")
 @click.option("--no-quant", is_flag=True, help="Export the float model (FP16 baseline / implicit-PTQ input).")
@@ -78,10 +80,13 @@ def export(ckpt: Path, repo, size, save, dynamic, dynamic_hw, opset, head, float
 
 def _rows(s: dict) -> list[tuple[str, str]]:
     q, c = s["qdq"], s["cleanup"]
-    rows = [("model", f"{s['family']} ({s['kind']})"),
+    family = f"{s['family']} {s['version']}" if s.get("version") else s["family"]
+    rows = [("model", f"{family} ({s['kind']})"),
             ("opset / float dtype", f"{s['opset']} / {s['float_dtype']}"),
             ("input", "images " + _shape(s["input"]["images"]))]
     rows += [(f"output {name}", _shape(shape)) for name, shape in s["outputs"].items()]
+    if s.get("output_layout"):
+        rows.append(("output layout", s["output_layout"]))
     qdq = (f"{q['quantize']} Q / {q['dequantize']} DQ (weights {q['weight']}, per-channel {q['per_channel']}; "
            f"activations {q['activation']})")
     cleaned = (f"{c['nodes_before']} -> {c['nodes_after']} nodes, {c['identities_removed']} Q/DQ-parameter "

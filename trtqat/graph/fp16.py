@@ -30,7 +30,9 @@ Choices (documented in docs/export.md):
     between Q/DQ (SiLU, Concat, MaxPool) run fused into INT8 kernels anyway.
 - Scales that would underflow to 0 in FP16 are clamped to the smallest positive FP16 value (TensorRT
   rejects a zero scale).
-- ``Resize`` scales/roi stay float32 (the ONNX type constraint for ``scales`` is float32 only).
+- ``Resize`` scales/roi stay float32 (the ONNX type constraint for ``scales`` is float32 only); ``Range``
+  (no float16 type) and ``ConstantOfShape`` (its ``value`` attribute's dtype) stay float32 and are cast
+  where an FP16 layer reads them: the grids a detect head builds from the input shape (``--dynamic-hw``).
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ from .qdq import DQ_OP, Q_OP, graph_from_model
 FP16_QDQ_OPSET = 19
 #: inputs that must stay float32 whatever the compute dtype: op -> input indices
 KEEP_FP32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
+#: ops left as they are, float32 outputs included (their consumers get a Cast): ``Range`` has no float16 type,
+#: ``ConstantOfShape`` writes the dtype of its ``value`` attribute. Both build grids from the input shape
+#: (the detect head's anchor points with ``--dynamic-hw``)
+KEEP_FP32_OPS = frozenset({"Range", "ConstantOfShape"})
 _F32, _F16 = np.dtype(np.float32), np.dtype(np.float16)
 _FP16_TINY = np.float16(np.finfo(np.float16).smallest_subnormal)
 
@@ -103,7 +109,7 @@ class _Converter:
             return _F16 if self.fp16_qdq else _F32
         if index in KEEP_FP32_INPUTS.get(node.op, ()):
             return _F32
-        if node.op in ("Shape", "Size", "Cast"):
+        if node.op in ("Shape", "Size", "Cast") or node.op in KEEP_FP32_OPS:
             return None
         return _F16 if self.in_fp16(node) else _F32
 
@@ -127,8 +133,11 @@ class _Converter:
         nodes = list(graph.nodes)
         # 1. the dtype each node produces: float32 stays only for graph I/O and Q/DQ below opset 19
         for node in nodes:
-            if not self.in_fp16(node) or (node.op == DQ_OP and not self.fp16_qdq):
+            if not self.in_fp16(node) or (node.op == DQ_OP and not self.fp16_qdq) or node.op in KEEP_FP32_OPS:
                 continue
+            if node.op == "Cast" and node.outputs and node.outputs[0].outputs and all(
+                    c.op in KEEP_FP32_OPS for c in node.outputs[0].outputs):
+                continue  # a shape cast to float32 for Range: stays float32
             if node.op == "Cast" and node.attrs.get("to") == onnx.TensorProto.FLOAT:
                 node.attrs["to"] = onnx.TensorProto.FLOAT16
             for out in node.outputs:

@@ -156,6 +156,28 @@ _ENTRIES: tuple[OpBehaviour, ...] = (
     # Not tensor computations at all.
     _nofloat("Constant"), _nofloat("Shape"), _nofloat("ConstantOfShape"), _nofloat("Range"),
     _nofloat("Size"),
+    # Detection post-processing in the graph (YOLO26's NMS-free head: top-k selection of the candidates,
+    # gathered boxes and scores, class index = flat index mod nc). It runs after the float detect output
+    # convs and reads no Q/DQ: float layers by design, named here so lint knows them.
+    OpBehaviour("TopK", data_inputs=(0,), confidence="heur",
+                source="ITopKLayer; DOC-ONNX lists no INT8 for TopK; end-to-end detection heads select in float"),
+    OpBehaviour("ReduceMax", data_inputs=(0,), confidence="heur",
+                source="IReduceLayer; no Q/DQ propagation across reductions documented (DOC-EQ)"),
+    OpBehaviour("ArgMax", data_inputs=(0,), compute=False, confidence="heur",
+                source="ITopKLayer (k=1) writing indices; index output, no tensor data"),
+    OpBehaviour("GatherElements", data_inputs=(0,), compute=False, confidence="heur",
+                source="IGatherLayer (element mode): data movement by run-time indices; no Q/DQ propagation "
+                       "across it documented (DOC-EQ), so float"),
+    OpBehaviour("Expand", data_inputs=(0,), compute=False, confidence="heur",
+                source="broadcast copy (ISliceLayer/IElementWise); in detection heads it expands index tensors"),
+    OpBehaviour("Tile", data_inputs=(0,), compute=False, confidence="heur", source="copy; as Expand"),
+    OpBehaviour("Mod", compute=False, confidence="heur",
+                source="integer index arithmetic in detection heads (class id = flat top-k index mod nc)"),
+    OpBehaviour("Equal", compute=False, confidence="heur",
+                source="boolean comparison; in detection heads on shape values (the expand shape of the "
+                       "top-k indices with a dynamic batch)"),
+    OpBehaviour("Where", data_inputs=(1, 2), compute=False, confidence="heur",
+                source="ISelectLayer: element selection, no arithmetic; in detection heads it selects shape values"),
     OpBehaviour("Cast", compute=False, confidence="heur",
                 source="onnx-tensorrt imports Cast as IIdentityLayer with an output type (8.x) or ICastLayer "
                        "(10.x), also when the type does not change; no source says whether TensorRT removes a "

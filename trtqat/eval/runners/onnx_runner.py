@@ -71,6 +71,8 @@ class OnnxRunner(Runner):
         self.provider = "CPUExecutionProvider"
         self.input_name = "images"
         self.input_dtype = np.float32
+        self.family: str | None = None  # what the file's metadata says (trtqat or Ultralytics export)
+        self.version = ""
 
     def probe(self) -> None:
         import onnx
@@ -94,6 +96,7 @@ class OnnxRunner(Runner):
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
         self.fixed_size = square_size(h, w, str(self.path))
         meta = {p.key: p.value for p in model.metadata_props}
+        self.family, self.version = family_from_metadata(meta)
         self.kind = meta.get("kind") or ("qdq" if any(n.op_type == "QuantizeLinear" for n in model.graph.node)
                                          else "float")
         if str(meta.get("size", "")).isdigit():
@@ -149,4 +152,14 @@ class OnnxRunner(Runner):
         return outs[0]
 
     def describe(self) -> dict:
-        return {**super().describe(), "device": self.provider}
+        return {**super().describe(), "family": self.family, "version": self.version, "device": self.provider}
+
+
+def family_from_metadata(meta: dict[str, str]) -> tuple[str | None, str]:
+    """(family, its version) an export's metadata names: trtqat's ``family``/``version`` keys, or ``ultralytics``
+    for Ultralytics' own exporter (its ``version`` key is the package's, not a model version); (None, "")."""
+    if "trtqat_version" in meta and meta.get("family"):
+        return meta["family"], meta.get("version", "")
+    if "task" in meta or "end2end" in meta:
+        return "ultralytics", ""
+    return None, ""

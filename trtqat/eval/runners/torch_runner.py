@@ -31,6 +31,7 @@ class CheckpointRunner(Runner):
         self.model = None
         self.quantized: bool | None = None
         self.family: str | None = None
+        self.version = ""  # the family's version (ultralytics: "v8", "11", "26")
 
     def probe(self) -> None:
         from ...models.checkpoint import looks_like_torch_file
@@ -50,6 +51,7 @@ class CheckpointRunner(Runner):
 
         loaded = load_checkpoint(self.path, self.repo)
         self.family = loaded.family.name
+        self.version = str(getattr(loaded.family, "version", "") or "")
         if loaded.extra:  # a trtqat PTQ/QAT checkpoint: the quantized module as saved
             require_quantized(loaded.extra, loaded.path)
             model, self.quantized, self.kind = loaded.model, True, str(loaded.extra.get("kind", "ptq"))
@@ -80,4 +82,4 @@ class CheckpointRunner(Runner):
             return decoded_predictions(self.model(x.to(self.device)))
 
     def describe(self) -> dict:
-        return {**super().describe(), "family": self.family, "device": str(self.device)}
+        return {**super().describe(), "family": self.family, "version": self.version, "device": str(self.device)}
