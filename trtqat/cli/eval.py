@@ -26,6 +26,10 @@ Examples:
 --size: default the fixed input size of the models that have one, else the size an export records,
 else 640. Labels: YOLO txt files in labels/ beside images/, or --val-ann (COCO JSON).
 
+--bootstrap N resamples the images N times: a 95% interval for each mAP@0.5:0.95 and for each model's
+difference to the first MODEL (paired: the same resampled images for both), in points. A difference
+whose interval holds 0 is not resolved by these images.
+
 \b
 Output layouts (read from the file's metadata, the checkpoint's head or the output shape; checked
 against the shape and the first batch; --layout forces one for every MODEL):
@@ -48,14 +52,16 @@ against the shape and the first batch; --layout forces one for every MODEL):
 @click.option("--iou-thres", type=float, default=0.65, show_default=True, help="NMS IoU threshold.")
 @click.option("--layout", type=click.Choice(["yolov5", "ultralytics", "end2end"]), default=None,
               help="Output layout of every MODEL [default: each model's own, from its metadata, head or shape].")
+@click.option("--bootstrap", type=int, default=0, show_default=True, metavar="N",
+              help="Resample the images N times (e.g. 1000) for 95% intervals of mAP and of differences.")
 @json_option
 def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, device, conf_thres, iou_thres,
-                layout, as_json):
+                layout, bootstrap, as_json):
     from ..eval.job import EvalJob, run_eval
 
     job = EvalJob(models=tuple(models), val_dir=val_dir, val_ann=val_ann, repo=repo, size=size,
                   batch_size=batch_size, device=device, conf_thres=conf_thres, iou_thres=iou_thres,
-                  val_images=val_images, layout=layout)
+                  val_images=val_images, layout=layout, bootstrap=bootstrap)
     result = run_eval(job, progress=progress_bar)
     if as_json:
         emit_json(result)
@@ -66,9 +72,22 @@ def eval_models(models, val_dir, val_ann, val_images, repo, size, batch_size, de
                 [(r["name"], _format(r), _pct(r["map"]), _pct(r["map50"]), r["detections"], r["images_per_s"],
                   r["device"]) for r in result["rows"]],
                 justify=["left", "left", "right", "right", "right", "right", "left"])
+    if "bootstrap" in result:
+        _print_intervals(result["bootstrap"])
     for r in result["rows"]:
         for note in r["notes"]:
             say(f"note: {r['name']}: {note}")
+
+
+def _print_intervals(b: dict) -> None:
+    level = f"{100 * b['level']:g}%"
+    rows = [(name, f"{i['value']:.2f}", f"[{i['low']:.2f}, {i['high']:.2f}]", "") for name, i in b["artifacts"].items()]
+    rows += [(name, f"{i['value']:+.2f}", f"[{i['low']:+.2f}, {i['high']:+.2f}]",
+              "yes" if i["low"] > 0 or i["high"] < 0 else "no: the interval holds 0")
+             for name, i in b["differences"].items()]
+    print_table(f"bootstrap: {b['samples']} resamples of {b['images']} images, {level} intervals, mAP@0.5:0.95 in points",
+                ["model / difference", "mAP", f"{level} interval", "resolved"], rows,
+                justify=["left", "right", "right", "left"])
 
 
 def _format(row: dict) -> str:

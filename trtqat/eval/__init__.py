@@ -10,6 +10,7 @@ Modules:
   * :mod:`.layouts`   detector output layouts (yolov5, ultralytics, end2end): which, checked, to detections
   * :mod:`.labels`    YOLO txt labels (``images/`` -> ``labels/``) and COCO JSON ground truth
   * :mod:`.coco_map`  mAP@0.5:0.95 and mAP@0.5 with pycocotools
+  * :mod:`.bootstrap` intervals of mAP and of paired mAP differences, resampling images
   * :mod:`.fidelity`  cosine / SQNR per output and agreement mAP against the float model
   * :mod:`.evaluate`  one entry point: run a model (or any runner) over a folder and return metrics
   * :mod:`.runners`   checkpoints, ONNX (onnxruntime) and TensorRT engines behind one interface

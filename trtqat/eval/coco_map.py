@@ -4,6 +4,9 @@ pycocotools prints its progress on stdout; it is captured here so ``--json`` out
 Detections use COCO's result format: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in
 original-image pixels. Only the images that were actually run are evaluated (``params.imgIds``): a val
 folder that holds a subset of an annotation file is scored on that subset.
+
+:func:`coco_matching` stops after pycocotools' per-image matching (``COCOeval.evaluate``): the bootstrap of
+:mod:`trtqat.eval.bootstrap` re-accumulates those matches over resampled image sets.
 """
 from __future__ import annotations
 
@@ -15,6 +18,40 @@ from collections.abc import Sequence
 from .._deps import require
 
 
+def _ids(gt: dict, image_ids: Sequence[int] | None) -> list[int]:
+    return sorted(set(image_ids)) if image_ids is not None else sorted(im["id"] for im in gt["images"])
+
+
+def _has_truth(gt: dict, ids: list[int]) -> bool:
+    id_set = set(ids)
+    return any(a["image_id"] in id_set for a in gt["annotations"])
+
+
+def coco_matching(gt: dict, detections: Sequence[dict], image_ids: Sequence[int] | None = None):
+    """pycocotools' ``COCOeval`` on these images after ``evaluate()`` (per-image matching, not accumulated).
+
+    ``detections`` may be empty (every ground-truth object is then missed).
+    """
+    require("pycocotools", purpose="COCO mAP evaluation")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset = copy.copy(gt)
+    dataset.setdefault("info", {})
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = dataset
+        truth.createIndex()
+        dets = truth.loadRes([dict(d) for d in detections]) if detections else COCO()
+        if not detections:  # loadRes refuses an empty list: an empty result set with the same images
+            dets.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
+            dets.createIndex()
+        ev = COCOeval(truth, dets, "bbox")
+        ev.params.imgIds = _ids(gt, image_ids)
+        ev.evaluate()
+    return ev
+
+
 def coco_map(gt: dict, detections: Sequence[dict], image_ids: Sequence[int] | None = None) -> dict:
     """Return ``{"map": mAP@0.5:0.95, "map50": mAP@0.5}`` (None values when the ground truth is empty).
 
@@ -23,26 +60,13 @@ def coco_map(gt: dict, detections: Sequence[dict], image_ids: Sequence[int] | No
         detections: COCO result rows.
         image_ids: the images to score (default: every image of ``gt``).
     """
-    require("pycocotools", purpose="COCO mAP evaluation")
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    ids = sorted(set(image_ids)) if image_ids is not None else sorted(im["id"] for im in gt["images"])
-    id_set = set(ids)
-    if not any(a["image_id"] in id_set for a in gt["annotations"]):
+    ids = _ids(gt, image_ids)
+    if not _has_truth(gt, ids):
         return {"map": None, "map50": None}
     if not detections:
         return {"map": 0.0, "map50": 0.0}
-    dataset = copy.copy(gt)
-    dataset.setdefault("info", {})
+    ev = coco_matching(gt, detections, ids)
     with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO()
-        truth.dataset = dataset
-        truth.createIndex()
-        dets = truth.loadRes([dict(d) for d in detections])
-        ev = COCOeval(truth, dets, "bbox")
-        ev.params.imgIds = ids
-        ev.evaluate()
         ev.accumulate()
         ev.summarize()
     return {"map": max(float(ev.stats[0]), 0.0), "map50": max(float(ev.stats[1]), 0.0)}

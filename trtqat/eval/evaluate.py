@@ -126,6 +126,16 @@ class EvalResult:
     detections: int = 0
     seconds: float = 0.0
     forward_seconds: float = 0.0  # time inside the model call only (no letterbox, NMS or scoring)
+    coco_rows: list[dict] | None = None  # the detections as COCO result rows, when labelled (not in to_dict)
+    image_ids: list[int] | None = None  # the COCO image ids scored
+
+    def match_table(self, data: EvalSet):
+        """The per-image matches behind :attr:`map`, for bootstrap intervals (:mod:`trtqat.eval.bootstrap`)."""
+        from .bootstrap import match_table
+
+        if data.gt is None or self.coco_rows is None:
+            raise ValueError("bootstrap intervals need a labelled evaluation")
+        return match_table(data.gt.coco, self.coco_rows, self.image_ids)
 
     def score(self) -> float:
         """mAP@0.5:0.95 when labelled, else mean SQNR (dB) against the reference."""
@@ -221,7 +231,8 @@ def evaluate(model, data: EvalSet, *, quantized: bool | None = True, reference=N
         if progress:
             progress(len(files))
     if data.gt is not None:
-        res.map, res.map50 = coco_map(data.gt.coco, dets, list(data.gt.image_ids.values())).values()
+        res.coco_rows, res.image_ids = dets, sorted(data.gt.image_ids.values())
+        res.map, res.map50 = coco_map(data.gt.coco, dets, res.image_ids).values()
     if fid is not None:
         res.fidelity = fid.result()
         res.agreement = agree.result() if agree is not None else res.agreement

@@ -50,6 +50,7 @@ class EvalJob:
     iou_thres: float = 0.65
     val_images: int | None = None
     layout: str | None = None  # --layout: yolov5 | ultralytics | end2end (None: each model's own)
+    bootstrap: int = 0  # --bootstrap N: resamples of the images for intervals (0: none)
 
     def validate(self) -> None:
         """Flag values that cannot work (exit 2) and the optional dependency the metric needs."""
@@ -61,6 +62,9 @@ class EvalJob:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"--device {self.device!r} is not a device", "Use cpu, cuda or cuda:N")
+        if self.bootstrap < 0 or 0 < self.bootstrap < 100:
+            raise UsageError(f"--bootstrap must be 0 (off) or at least 100 resamples, got {self.bootstrap}",
+                             "Use --bootstrap 1000 (percentile intervals need many resamples)")
         if self.val_images is not None and self.val_images < 1:
             raise UsageError(f"--val-images must be >= 1, got {self.val_images}")
         from .layouts import check_layout_name
@@ -117,7 +121,7 @@ def run_eval(job: EvalJob, *, progress: ProgressFactory = _no_progress) -> dict:
     size = resolve_size(job.size, runners)
     cfg = EvalConfig(size=size, batch_size=job.batch_size, conf_thres=job.conf_thres, iou_thres=job.iou_thres)
     names = _row_names([r.path for r in runners])
-    data, rows, nc = None, [], None
+    data, rows, nc, tables = None, [], None, {}
     for name, runner in zip(names, runners):
         with runner.activated(size):
             runner.settle(_warm_up(runner, min(job.batch_size, len(files)), size))
@@ -134,11 +138,26 @@ def run_eval(job: EvalJob, *, progress: ProgressFactory = _no_progress) -> dict:
             set_total(len(data.files))
             with bar:
                 res = evaluate(runner, data, quantized=None, name=name, progress=advance)
+            if job.bootstrap:
+                tables[name] = res.match_table(data)
         rows.append({**res.to_dict(), **runner.describe(),
                      "images_per_s": round(res.images / res.forward_seconds, 2) if res.forward_seconds else None})
-    return {"val": str(job.val_dir), "labels": data.gt.source, "images": len(data.files),
-            "objects": data.gt.num_objects, "size": size, "batch_size": job.batch_size,
-            "conf_thres": job.conf_thres, "iou_thres": job.iou_thres, "rows": rows}
+    result = {"val": str(job.val_dir), "labels": data.gt.source, "images": len(data.files),
+              "objects": data.gt.num_objects, "size": size, "batch_size": job.batch_size,
+              "conf_thres": job.conf_thres, "iou_thres": job.iou_thres, "rows": rows}
+    if job.bootstrap:
+        result["bootstrap"] = _intervals(tables, names, job.bootstrap)
+    return result
+
+
+def _intervals(tables: dict, names: Sequence[str], samples: int) -> dict:
+    """95 % bootstrap intervals of each model's mAP@0.5:0.95 and of each model's difference to the first model
+    (paired: the same resampled images for all), in points; JSON-able."""
+    from .bootstrap import bootstrap
+
+    res = bootstrap(tables, pairs=[(n, names[0]) for n in names[1:]], samples=samples)
+    return {**res, "artifacts": {k: v.to_dict() for k, v in res["artifacts"].items()},
+            "differences": {k: v.to_dict() for k, v in res["differences"].items()}}
 
 
 def _warm_up(runner, batch: int, size: int):
