@@ -256,3 +256,22 @@ def test_fixture_decode_equals_the_reference_decode(yolo_checkpoint, family):
     ref = decode(branch, reg_max=head.reg_max, strides=head.stride.tolist())
     assert y.shape == ref.shape == (2, 4 + 80, 12 * 8 + 6 * 4 + 3 * 2)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_modelopt_qat_state_is_named_not_dropped_silently(yolo_checkpoint, tmp_path, caplog):
+    """An Ultralytics QAT checkpoint (``modelopt`` holds ModelOpt's state) loads as its float weights, and says so:
+    in the log, in the loaded model's notes (``trtqat eval`` prints them) and nowhere for a plain checkpoint."""
+    from trtqat.models.checkpoint import torch_load
+
+    ckpt, repo = yolo_checkpoint("yolov8", "model")
+    plain = load_checkpoint(ckpt, repo)
+    assert plain.notes == []
+    obj, _ = torch_load(ckpt, repo)
+    obj["modelopt"] = {"modelopt": {"modelopt_state_dict": [("quantize", {})]}, "ranges": {}}
+    qat = tmp_path / "qat.pt"
+    torch.save(obj, qat)
+    with caplog.at_level("WARNING", logger="trtqat"):
+        loaded = load_checkpoint(qat, repo)
+    assert len(loaded.notes) == 1 and "ModelOpt QAT state" in loaded.notes[0] and "not applied" in loaded.notes[0]
+    assert any("ModelOpt QAT state" in r.getMessage() for r in caplog.records)
+    assert torch.equal(next(loaded.model.parameters()), next(plain.model.parameters()))  # the same float weights

@@ -40,6 +40,19 @@ class LoadedModel:
     repo: Path | None
     source_key: str | None  # 'ema' / 'model' / None for a bare module
     extra: dict = field(default_factory=dict)  # trtqat metadata when the file is a trtqat checkpoint
+    notes: list[str] = field(default_factory=list)  # what the user should know about how it was read
+
+
+def modelopt_note(obj: Any) -> str | None:
+    """A note when an Ultralytics checkpoint carries ModelOpt QAT state (``YOLO.save()`` of a model trained
+    with Ultralytics' QAT: ``modelopt`` holds ModelOpt's quantizer state and learned ranges, ``model`` the
+    weights with the quantizers stripped). trtqat reads those weights as a float model; applying the learned
+    ranges would need ModelOpt, so they are named as not applied rather than dropped silently."""
+    if isinstance(obj, dict) and obj.get("modelopt"):
+        return ("it carries ModelOpt QAT state (Ultralytics QAT): its float weights are used, ModelOpt's learned "
+                "ranges are not applied; to measure that QAT model export it with Ultralytics "
+                "(format='onnx') and run trtqat eval/optimize on the ONNX, or re-quantize it with trtqat quantize")
+    return None
 
 
 def looks_like_torch_file(path: Path) -> bool:
@@ -227,5 +240,8 @@ def load_checkpoint(path: str | Path, repo: str | Path | None = None) -> LoadedM
     module = module.float().eval()
     family = detect_family(module)
     check_supported(family, str(path))
-    return LoadedModel(model=module, family=family, path=path, repo=repo_path,
-                       source_key=key, extra=obj.get("trtqat", {}) if isinstance(obj, dict) else {})
+    note = modelopt_note(obj)
+    if note:
+        log.warning("%s: %s", path, note)
+    return LoadedModel(model=module, family=family, path=path, repo=repo_path, source_key=key,
+                       extra=obj.get("trtqat", {}) if isinstance(obj, dict) else {}, notes=[note] if note else [])

@@ -52,6 +52,7 @@ class CheckpointRunner(Runner):
         loaded = load_checkpoint(self.path, self.repo)
         self.family = loaded.family.name
         self.version = str(getattr(loaded.family, "version", "") or "")
+        self.notes += [n for n in loaded.notes if n not in self.notes]
         if loaded.extra:  # a trtqat PTQ/QAT checkpoint: the quantized module as saved
             require_quantized(loaded.extra, loaded.path)
             model, self.quantized, self.kind = loaded.model, True, str(loaded.extra.get("kind", "ptq"))
