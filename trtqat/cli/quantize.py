@@ -27,6 +27,7 @@ A trtqat PTQ/QAT checkpoint is refused (it is calibrated already): measure it wi
 \b
 Examples:
   trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt
+  trtqat quantize yolo11n.pt --calib images/ --ptq ptq.pt          (Ultralytics: no --repo)
   trtqat quantize yolov7.pt --repo ~/yolov7 --calib images/ --ptq ptq.pt \\
       --qat qat.pt --train train_images/ --val val2017/ --val-ann instances_val2017.json \\
       --eval-origin --eval-ptq
