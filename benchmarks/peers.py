@@ -1,7 +1,9 @@
-"""Benchmark 8: NVIDIA Model Optimizer's ONNX PTQ, the same after ``trtqat optimize``, and trtqat's own flow.
+"""Benchmark 8: other tools' Q/DQ ONNX (NVIDIA Model Optimizer's ONNX PTQ; for the Ultralytics family also
+onnxruntime's ``quantize_static``), the same after ``trtqat optimize``, and trtqat's own flow.
 
-Per family, on the trained shapes fixture when it exists (``trtqat/demo/trained``, mAP on the held-out
-shapes val split) and on the random-weight fixture otherwise (no mAP):
+Per family (``yolov5``, ``yolov7``, ``yolov8``: the Ultralytics YOLOv8-shaped fixture), on the trained shapes
+fixture when it exists (``trtqat/demo/trained``, mAP on the held-out shapes val split) and on the
+random-weight fixture otherwise (no mAP):
 
 - ``modelopt``: ``python -m modelopt.onnx.quantization --quantize_mode int8 --calibration_eps cpu`` on a
   copy of the float FP32 export (ModelOpt rewrites its input ONNX in place), calibrated on the same images
@@ -9,6 +11,11 @@ shapes val split) and on the random-weight fixture otherwise (no mAP):
 - ``modelopt+optimize``: ``trtqat optimize`` of that output without data (largest scale per group), and
   ``modelopt+optimize --calib`` with the calibration images (tied groups derived again), and
   ``modelopt+optimize --calib --recalibrate all`` (every activation scale derived again);
+- ``onnxruntime`` (Ultralytics family only: it is what Ultralytics' ``export(format="onnx", quantize=8)``
+  runs): ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ format, asymmetric int8
+  activations, per-tensor weights) and every node but Conv/Gemm/MatMul excluded, calibrated on the same
+  images; ``onnxruntime+optimize --calib``: ``trtqat optimize --calib`` of it (its asymmetric scales need
+  data, so there is no row without ``--calib``);
 - ``trtqat``: ``trtqat quantize --ptq`` (rules on) + ``trtqat export``.
 
 Reported: standalone Q/DQ and INT8 MAC share (``trtqat lint``), wall time of each step, mAP@0.5:0.95
@@ -32,7 +39,9 @@ import numpy as np
 
 from .common import Config, Workspace, carried_over, chosen_families, log
 
-FAMILIES = ("yolov5", "yolov7")
+FAMILIES = ("yolov5", "yolov7", "yolov8")
+#: families whose users get onnxruntime QDQ from their exporter (Ultralytics' quantize=8)
+ONNXRUNTIME_FAMILIES = ("yolov8",)
 
 
 def modelopt_python() -> str | None:
@@ -63,12 +72,33 @@ def _modelopt(py: str, float_onnx: Path, calib_npy: Path, out: Path) -> float:
     return time.perf_counter() - t
 
 
+def _onnxruntime(float_onnx: Path, batches: list[np.ndarray], out: Path) -> float:
+    """``quantize_static`` with its defaults, every node but Conv/Gemm/MatMul excluded; returns seconds."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    model = onnx.load(str(float_onnx))
+    name = model.graph.input[0].name
+    exclude = [n.name for n in model.graph.node if n.op_type not in ("Conv", "Gemm", "MatMul")]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: b[i:i + 1]} for b in batches for i in range(len(b))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    t = time.perf_counter()
+    quantize_static(str(float_onnx), str(out), Reader(), nodes_to_exclude=exclude)
+    return time.perf_counter() - t
+
+
 def _lint(path: Path) -> dict:
     from trtqat.graph.lint import lint_onnx
 
     s = lint_onnx(path).summary
     return {"standalone_qdq": s.get("standalone_qdq"), "int8_share_macs": s.get("int8_share_macs"),
-            "int8_share": s.get("int8_share")}
+            "int8_share": s.get("int8_share"), "parse_errors": s.get("parse_errors") or []}
 
 
 def _source(ws: Workspace, cfg: Config, family: str) -> dict:
@@ -115,17 +145,25 @@ def run_family(py: str, ws: Workspace, cfg: Config, family: str) -> dict:
              "modelopt+optimize --calib --recalibrate all": d / "mo_opt_calib_all.onnx", "trtqat": d / "trtqat.onnx"}
     _trtqat("export", src["ckpt"], "--repo", src["repo"], "--size", size, "--no-quant", "--float-dtype", "fp32",
             "--no-verify", "--save", paths["float"])
+    batches = list(image_stream(calib, size, cfg.batch, max(1, cfg.ptq_images // cfg.batch)))
     npy = d / "calib.npy"
-    np.save(npy, np.concatenate(list(image_stream(calib, size, cfg.batch, max(1, cfg.ptq_images // cfg.batch)))))
+    np.save(npy, np.concatenate(batches))
     seconds = {"modelopt": _modelopt(py, paths["float"], npy, paths["modelopt"])}
     t = time.perf_counter()
     optimize_file(paths["modelopt"], paths["modelopt+optimize"], OptimizeConfig())
     seconds["modelopt+optimize"] = time.perf_counter() - t
+    calib_kw = {"calib_dir": calib, "size": size, "batch_size": cfg.batch,
+                "calib_batches": max(1, cfg.ptq_images // cfg.batch)}
     for name, scope in (("modelopt+optimize --calib", "groups"), ("modelopt+optimize --calib --recalibrate all", "all")):
         t = time.perf_counter()
-        optimize_file(paths["modelopt"], paths[name], OptimizeConfig(recalibrate=scope), calib_dir=calib,
-                      size=size, batch_size=cfg.batch, calib_batches=max(1, cfg.ptq_images // cfg.batch))
+        optimize_file(paths["modelopt"], paths[name], OptimizeConfig(recalibrate=scope), **calib_kw)
         seconds[name] = time.perf_counter() - t
+    if family in ONNXRUNTIME_FAMILIES:
+        paths.update({"onnxruntime": d / "ort.onnx", "onnxruntime+optimize --calib": d / "ort_opt_calib.onnx"})
+        seconds["onnxruntime"] = _onnxruntime(paths["float"], batches, paths["onnxruntime"])
+        t = time.perf_counter()
+        optimize_file(paths["onnxruntime"], paths["onnxruntime+optimize --calib"], OptimizeConfig(), **calib_kw)
+        seconds["onnxruntime+optimize --calib"] = time.perf_counter() - t
     ptq = d / "ptq.pt"
     seconds["trtqat"] = _trtqat("quantize", src["ckpt"], "--repo", src["repo"], "--calib", calib, "--size", size,
                                 "--batch-size", cfg.batch, "--calib-batches", max(1, cfg.ptq_images // cfg.batch),
@@ -147,5 +185,51 @@ def run(ws: Workspace, cfg: Config) -> dict:
     proc = subprocess.run([py, "-c", "import modelopt; print(modelopt.__version__)"], capture_output=True, text=True)
     chosen = chosen_families(FAMILIES)
     families = {f: run_family(py, ws, cfg, f) for f in chosen}
-    return {"modelopt_version": proc.stdout.strip(),
-            "families": {**carried_over("peers", set(FAMILIES) - set(chosen)), **families}}
+    import onnxruntime
+
+    return {"modelopt_version": proc.stdout.strip(), "onnxruntime_version": onnxruntime.__version__,
+            "command": _command(), "families": {**_carried(set(FAMILIES) - set(chosen)), **families}}
+
+
+def _carried(families: set[str]) -> dict:
+    """The committed rows of ``families`` (not measured now), each with the machine and command that measured
+    it (``measured_on``): the file's own machine block is this run's."""
+    from .common import RESULTS_DIR
+
+    rows = carried_over("peers", families)
+    path = RESULTS_DIR / "peers.json"
+    old = json.loads(path.read_text()) if rows and path.is_file() else {}
+    where = {"machine": old.get("machine"), "command": old.get("command", "python -m benchmarks.run (make bench)")}
+    return {f: {**r, "measured_on": r.get("measured_on", where)} for f, r in rows.items()}
+
+
+def _command() -> str:
+    """How this result was produced: the environment variables that choose what runs, and the command line."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("TRTQAT_BENCH_FAMILIES", "TRTQAT_MODELOPT_PYTHON", "OMP_NUM_THREADS")
+                   if os.environ.get(k))
+    prog = f"python -m benchmarks.{Path(sys.argv[0]).stem}" if Path(sys.argv[0]).stem in ("peers", "run") else sys.argv[0]
+    return " ".join(x for x in (env, prog, *sys.argv[1:]) if x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.peers``: this benchmark alone; writes ``results/peers.json`` only (the README table
+    and ``summary.json`` are ``benchmarks.run``'s)."""
+    import argparse
+    import tempfile
+
+    from .common import Config, write_result
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="the test suite's tiny sizes")
+    args = ap.parse_args(argv)
+    cfg = Config.smoke_config() if args.smoke else Config.full()
+    with tempfile.TemporaryDirectory(prefix="trtqat-peers-") as tmp:
+        t = time.perf_counter()
+        res = run(Workspace(Path(tmp)), cfg)
+        res["seconds_benchmark"] = time.perf_counter() - t
+    log(f"wrote {write_result('peers', res, cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

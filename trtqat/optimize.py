@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 
 from .calib.amax import METHODS, balanced_mse_amax, histogram_amax
 from .errors import InputError, UsageError, VerificationError
-from .graph.family_detect import detect_onnx_family
+from .graph.family_detect import canonical_family, detect_onnx_family
 from .graph.float_head import HeadConv, float_head_outputs
 from .graph.insert_qdq import Insertion, apply_insertions, plan_insertions
 from .graph.lint import lint_model
@@ -57,15 +57,10 @@ ALONE = ("recalibrate",)
 #: the ``rules`` entry of a one-Q set made for an asymmetric activation Q (its symmetric scale from data)
 SYMMETRIC = "symmetric"
 
-#: the policy of a family found in the ONNX when it is not ``rules/<family>.yaml``: the anchor-free family
-#: (YOLOv8 / YOLO11 / YOLO26, found by its DFL or Ultralytics' metadata) is the one ``trtqat quantize``
-#: loads as ``ultralytics``, so both paths read one policy file
-POLICY_OF = {"yolov8": "ultralytics"}
-
-
 @dataclass(frozen=True)
 class OptimizeConfig:
-    """``--rules --family --method --percentile --trt-version --recalibrate``."""
+    """``--rules --method --percentile --trt-version --recalibrate`` and, from Python, ``family`` (a family of
+    :data:`~trtqat.graph.family_detect.FAMILIES` or an alias such as ``yolov8``, instead of detecting it)."""
 
     rules_file: Path | None = None
     family: str | None = None
@@ -82,14 +77,21 @@ class OptimizeConfig:
                              f"Choose one of {', '.join(RECALIBRATE)}")
         if not 0 < self.percentile <= 100:
             raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.family is not None:
+            from .graph.family_detect import FAMILIES
+
+            if canonical_family(self.family)[0] not in (*FAMILIES, "unknown"):
+                raise UsageError(f"family {self.family!r} is not one trtqat knows",
+                                 f"Choose one of {', '.join(FAMILIES)} (or yolov8, yolo11, yolo26)")
 
 
 @dataclass
 class OptimizeReport:
     """What ``optimize`` did and measured; ``to_dict`` is the ``--json`` schema."""
 
-    family: str = ""
+    family: str = ""  # "yolov5" | "yolov7" | "ultralytics" | "unknown" (rules/<family>.yaml, else default.yaml)
     family_from: str = ""  # "--family" | "metadata" | "structure" | "" (unknown)
+    version: str = ""  # ultralytics: "v8" | "11" | "26" ("" when not told)
     policy: tuple[str, ...] = ()
     calibrated: bool = False
     method: str = ""
@@ -105,7 +107,8 @@ class OptimizeReport:
     checker: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "family_from": self.family_from, "policy": list(self.policy),
+        return {"family": self.family, "family_from": self.family_from, "version": self.version,
+                "policy": list(self.policy),
                 "calibrated": self.calibrated, "method": self.method, "recalibrate": self.recalibrate,
                 "normalize": self.normalize.to_dict(),
                 "head": [h.to_dict() for h in self.head],
@@ -177,14 +180,14 @@ def optimize_model(model: onnx.ModelProto, cfg: OptimizeConfig = OptimizeConfig(
                          '"WeightSymmetric": True}))')
     _refuse_parser_errors(graph, label)
     if cfg.family:
-        report.family, report.family_from = cfg.family, "--family"
+        (report.family, report.version), report.family_from = canonical_family(cfg.family), "--family"
     else:
         found = detect_onnx_family(graph, {p.key: p.value for p in model.metadata_props})
-        report.family, report.family_from = found.name, found.source or ""
-    policy = load_policy_file(policy_file(POLICY_OF.get(report.family, report.family), cfg.rules_file))
+        report.family, report.family_from, report.version = found.name, found.source or "", found.version
+    policy = load_policy_file(policy_file(report.family, cfg.rules_file))
     report.policy = policy.sources
     report.head = float_head_outputs(graph, policy)
-    planned = plan_insertions(graph, policy)
+    planned = plan_insertions(graph, policy, trt_version=cfg.trt_version)
     report.inserted = [i for i in planned if not i.needs_data or calib is not None]
     report.suggested = [i for i in planned if i.needs_data and calib is None]
     new_qs = apply_insertions(graph, report.inserted)

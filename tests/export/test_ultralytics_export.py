@@ -135,7 +135,7 @@ def test_metadata_names_family_version_layout_for_eval_and_ultralytics(ultra_cli
     assert int(meta["batch"]) == 1
     hint = hint_from_metadata(meta, "x.onnx")
     assert (hint.layout, hint.nc) == (layout, NC)
-    assert family_from_metadata(meta) == "yolov8"  # trtqat lint/optimize: the anchor-free family
+    assert family_from_metadata(meta) == "ultralytics"  # trtqat lint/optimize name it as the torch side does
 
 
 @pytest.mark.parametrize("key", ["yolov8", "yolo26-e2e"])
@@ -545,7 +545,8 @@ def test_end2end_post_processing_stays_float_and_lint_knows_its_ops(ultra_cli_ex
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert not [f for f in report["findings"] if f["rule_id"].startswith("PARSE")]
-    assert report["summary"]["family"] == "yolov8" and report["summary"]["family_from"] == "metadata"
+    assert report["summary"]["family"] == "ultralytics" and report["summary"]["family_from"] == "metadata"
+    assert report["summary"]["version"] == "26"
     layers = {la["name"]: la for la in report["layers"]}
     for n in model.graph.node:
         if n.op_type in ("TopK", "GatherElements") and n.name in layers:

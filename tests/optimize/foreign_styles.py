@@ -4,13 +4,16 @@ Each function takes a float FP32 model and the calibrated amax of its activation
 through onnxruntime) and returns a Q/DQ model placed the way that tool places it:
 
 - :func:`modelopt_onnx`: NVIDIA Model Optimizer's ONNX PTQ (``modelopt.onnx.quantization``): one Q/DQ pair
-  per quantized tensor shared by its readers; every Conv input and weight (per channel); Q/DQ on Concat
-  inputs, tied one Concat at a time (not back through a Resize); Resize and MaxPool inputs with their
-  own scale (MaxPool input and output not tied); the residual Add's skip input only; ``fp16=True`` gives
-  the FP16 graph with FP16 scales at opset 19+ that ``--high_precision_dtype fp16`` writes.
-- :func:`modelopt_torch`: ``torch.onnx.export`` of a ModelOpt torch model: one Q/DQ pair per conv (siblings
-  reading one tensor each get their own), a no-op ``Cast(to=FLOAT)`` after each DQ, scales from ``Constant``
-  nodes and zero points behind ``Identity``; no Q/DQ on residual Adds, MaxPool, Concat or Resize.
+  per quantized tensor shared by its readers; every Conv input and weight (per channel) and both inputs of
+  a MatMul of two activations (attention); Q/DQ on Concat inputs, tied one Concat at a time (not back
+  through a Resize); Resize and MaxPool inputs with their own scale (MaxPool input and output not tied);
+  the residual Add's skip input only (an Add whose addends are read once each, attention's
+  ``attn @ v + pe(v)``, gets none); ``fp16=True`` gives the FP16 graph with FP16 scales at opset 19+ that
+  ``--high_precision_dtype fp16`` writes.
+- :func:`modelopt_torch`: ``torch.onnx.export`` of a ModelOpt torch model: one Q/DQ pair per conv and per
+  activation input of a MatMul of two activations (siblings reading one tensor each get their own), a
+  no-op ``Cast(to=FLOAT)`` after each DQ, scales from ``Constant`` nodes and zero points behind
+  ``Identity``; no Q/DQ on residual Adds, MaxPool, Concat or Resize.
 
 ``keep_float`` names Conv nodes left float (Ultralytics keeps the head's output convs and the DFL conv).
 """
@@ -107,6 +110,11 @@ def _convs(graph: gs.Graph, keep_float: Collection[str]) -> list[gs.Node]:
             and constant_value(n.inputs[1]) is not None]
 
 
+def _matmuls(graph: gs.Graph) -> list[gs.Node]:
+    """MatMuls of two activations (attention's batched GEMMs)."""
+    return [n for n in graph.nodes if n.op == "MatMul" and all(constant_value(t) is None for t in n.inputs)]
+
+
 def modelopt_onnx(model: onnx.ModelProto, amax: Mapping[str, float], *, keep_float: Collection[str] = (),
                   opset: int = 13, fp16: bool = False) -> onnx.ModelProto:
     p = _Placer(model, amax)
@@ -116,6 +124,9 @@ def modelopt_onnx(model: onnx.ModelProto, amax: Mapping[str, float], *, keep_flo
     convs = _convs(g, keep_float)
     for c in convs:
         want[c.inputs[0].name] = amax[c.inputs[0].name]
+    for m in _matmuls(g):
+        for t in m.inputs:
+            want[t.name] = amax[t.name]
     for n in g.nodes:
         if n.op in ("Resize", "MaxPool"):
             want[n.inputs[0].name] = amax[n.inputs[0].name]
@@ -164,4 +175,7 @@ def modelopt_torch(model: onnx.ModelProto, amax: Mapping[str, float], *, keep_fl
         x = c.inputs[0]
         c.inputs[0] = p.pair(x, amax[x.name], cast=True, constant_nodes=True)
         p.weight(c, cast=True)
+    for m in _matmuls(p.graph):
+        for i, x in enumerate(list(m.inputs)):
+            m.inputs[i] = p.pair(x, amax[x.name], cast=True, constant_nodes=True)
     return p.model(13)

@@ -47,7 +47,7 @@ def test_head_outputs_and_dfl_made_float(every_conv_quantized, style):
     models, head = every_conv_quantized
     model = models[style]
     out, report = optimize_model(model, OptimizeConfig())
-    assert report.family == "yolov8" and report.policy[-1].endswith("ultralytics.yaml")
+    assert (report.family, report.version) == ("ultralytics", "v8") and report.policy[-1].endswith("ultralytics.yaml")
     floated = {h.node: h.kind for h in report.head if h.floated}
     assert floated == {name: "dfl" if name == DFL else "output" for name in head}, report.head
     rows = report.to_dict()["head"]

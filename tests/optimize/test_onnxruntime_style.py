@@ -50,6 +50,9 @@ def ort_models(tmp_path_factory):
     model, head = yolov8_float()
     onnx.save(model, str(root / "float.onnx"))
     cache: dict = {"float": model, "head": head}
+    attn, attn_head = yolov8_float(attention=True)  # YOLO11-style: C2PSA attention after the SPPF
+    onnx.save(attn, str(root / "float_attention.onnx"))
+    cache.update({"float_attention": attn, "head_attention": attn_head})
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -59,17 +62,21 @@ def ort_models(tmp_path_factory):
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch}
 
-    def get(variant: str) -> onnx.ModelProto:
-        if variant not in cache:
+    def get(variant: str, arch: str = "") -> onnx.ModelProto:
+        """``arch``: "" (the YOLOv8-style graph) or "attention" (the YOLO11-style one)."""
+        key = f"{variant}_{arch}" if arch else variant
+        if key not in cache:
             kw = dict(VARIANTS[variant])
-            exclude = [] if kw.pop("all", False) else [n.name for n in model.graph.node
+            src = cache[f"float_{arch}" if arch else "float"]
+            exclude = [] if kw.pop("all", False) else [n.name for n in src.graph.node
                                                         if n.op_type not in ("Conv", "Gemm", "MatMul")]
             if "activation_type" in kw:
                 kw["activation_type"] = getattr(QuantType, kw["activation_type"])
-            dst = root / f"{variant}.onnx"
-            quantize_static(str(root / "float.onnx"), str(dst), Reader(), nodes_to_exclude=exclude, **kw)
-            cache[variant] = onnx.load(str(dst))
-        return cache[variant]
+            dst = root / f"{key}.onnx"
+            quantize_static(str(root / (f"float_{arch}.onnx" if arch else "float.onnx")), str(dst), Reader(),
+                            nodes_to_exclude=exclude, **kw)
+            cache[key] = onnx.load(str(dst))
+        return cache[key]
 
     cache["get"] = get
     return cache
@@ -129,6 +136,31 @@ def test_tensorrt_pattern_after_optimize(ort_models, variant, calib):
     again, second = optimize_model(out, OptimizeConfig())  # idempotent, and TensorRT-style now
     assert not second.normalize.onnxruntime_style and not second.inserted and not second.head
     assert sum(g.changed for g in second.groups) == 0
+
+
+@pytest.mark.parametrize("variant,calib", [("default", True), ("symmetric", False)])
+def test_attention_block_after_optimize(ort_models, variant, calib):
+    """YOLO11's C2PSA as onnxruntime quantizes it (both attention MatMuls' inputs, the qkv/pe/proj convs):
+    after optimize the MatMul-side addend of ``attn @ v + pe(v)`` is quantized with v's scale (no data
+    needed: a softmax-weighted average of v stays within v's range), so the pe conv + Add writes INT8 for
+    proj and only the network-input Quantize is left."""
+    model = ort_models["get"](variant, "attention")
+    out, report = optimize_model(model, OptimizeConfig(), calib=noise_batches() if calib else None)
+    onnx.checker.check_model(out)
+    assert (report.family, report.version) == ("ultralytics", "11")
+    summary = lint_model(out).summary
+    assert summary["standalone_qdq"] == 1 and summary["standalone_by_rule"] == {"LINT001": 1}, summary
+    attn = [i for i in report.inserted if i.node == "/model.10.m.0.attn/Add"]
+    assert len(attn) == 1 and attn[0].kind == "residual-add" and attn[0].tensor == "/model.10.m.0.attn/Reshape_1_out0"
+    assert not attn[0].needs_data and not report.suggested
+    graph = graph_from_model(out)
+    nodes = {x.name: x for x in graph.nodes}
+    for name in ort_models["head_attention"]:  # head output convs and DFL float
+        assert dq_input_of(nodes[name], 0) is None and dq_input_of(nodes[name], 1) is None, name
+    batch = np.concatenate(noise_batches())
+    reference = run_outputs(ort_models["float_attention"], batch)["output0"]
+    for err_in, err_out in zip(_rel_errors(model, reference, batch), _rel_errors(out, reference, batch)):
+        assert err_out <= max(1.5 * err_in, 1e-4), (err_in, err_out)
 
 
 @pytest.mark.parametrize("variant", ["default", "default-uint8"])

@@ -33,7 +33,7 @@ def test_json_report_and_output_file(qdq_and_float, tmp_path):
     res = _run(src, "--save", out, "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["family"] == "yolov8" and data["family_from"] == "structure"
+    assert (data["family"], data["family_from"], data["version"]) == ("ultralytics", "structure", "v8")
     assert data["checker"] is True and not data["calibrated"]
     assert data["lint"]["before"]["standalone_qdq"] > 1 and data["lint"]["after"]["standalone_qdq"] == 1
     assert set(data["lint"]["after"]) == {"standalone_qdq", "int8_share", "int8_share_macs", "precision_boundaries"}

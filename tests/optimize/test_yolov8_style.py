@@ -47,7 +47,7 @@ def test_yolov8_style_only_input_quantize(yolov8, style, calib):
     out, report = optimize_model(model, OptimizeConfig(recalibrate=calib or "groups"),
                                  calib=noise_batches() if calib else None)
     onnx.checker.check_model(out)
-    assert report.family == "yolov8" and report.policy[-1].endswith("ultralytics.yaml")
+    assert (report.family, report.version) == ("ultralytics", "v8") and report.policy[-1].endswith("ultralytics.yaml")
     assert report.recalibrate == (calib or "") and report.head == []  # the exporter kept the head float
     assert (calib == "all") == any(g.rules == ("recalibrate",) for g in report.groups)
     assert lint_model(out).summary["standalone_qdq"] == 1
@@ -64,4 +64,12 @@ def test_yolov8_style_only_input_quantize(yolov8, style, calib):
 
 
 def test_family_detection(yolov8):
-    assert family_from_graph(graph_from_model(yolov8[0])) == "yolov8"
+    assert family_from_graph(graph_from_model(yolov8[0])) == "ultralytics"
+
+
+def test_family_alias_still_accepted(yolov8):
+    """``OptimizeConfig(family="yolov8")``, the anchor-free family's former name, is read as ultralytics v8."""
+    model, keep, amax = yolov8
+    _, report = optimize_model(modelopt_onnx(model, amax, keep_float=keep), OptimizeConfig(family="yolov8"))
+    assert (report.family, report.version, report.family_from) == ("ultralytics", "v8", "--family")
+    assert report.policy[-1].endswith("ultralytics.yaml")

@@ -33,7 +33,8 @@ def lint(model: str, as_json: bool, max_reformats: int | None, engine_layers: st
                 trt_version, float_precision, refused (true: the parser would reject the model, no
                 prediction; the counts are then null), refused_by, parse_errors [error-severity
                 PARSE rule ids], float_model (true: no QuantizeLinear/DequantizeLinear at all),
-                family (yolov5|yolov7|yolov8|unknown), family_from (metadata|structure|null)
+                family (yolov5|yolov7|ultralytics|unknown), family_from (metadata|structure|null),
+                version (ultralytics: v8|11|26; null when not told)
       layers    [{name, op, precision: INT8|float, output: INT8|float, fused: [node names], kind,
                   macs, why_float}]
       standalone [{name, op, tensor, rule_id, reason, aliases: [merged Q names]}]
@@ -81,7 +82,8 @@ def verdict(summary: dict) -> str:
     if s.get("refused"):
         return (f"lint (TensorRT {s['trt_version']}): no prediction: the TensorRT parser would reject the model "
                 f"({', '.join(s['refused_by'])})")
-    family = f"; family: {s['family']} ({s['family_from']})" if s.get("family_from") else ""
+    name = f"{s['family']} {s['version']}" if s.get("version") else s.get("family")
+    family = f"; family: {name} ({s['family_from']})" if s.get("family_from") else ""
     if s.get("float_model"):
         return (f"lint (TensorRT {s['trt_version']}): no Q/DQ nodes: a float model; quantize it first "
                 f"({s['compute_layers']} compute layers, all float; float layers run in {s['float_precision']}){family}")

@@ -47,10 +47,12 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
     again (no floor): for PTQ inputs calibrated with max (ModelOpt's torch default), not for QAT-learned
     scales.
     \b
-    JSON (--json): family, family_from, policy, calibrated, method, recalibrate, normalize {noop_casts_removed,
-      qparams_folded, duplicate_q_merged, duplicate_dq_merged, onnxruntime_style, float_readers_rewired,
-      bias_dq_folded, constant_dq_folded, weights_shifted, weights_requantized, zero_points_shifted, asymmetric_activations},
-      head [{node, kind (output|dfl), tensor, floated, reason}],
+    JSON (--json): family (yolov5|yolov7|ultralytics|unknown), family_from, version (ultralytics: v8|11|26),
+      policy, calibrated, method, recalibrate, normalize {noop_casts_removed, qparams_folded, duplicate_q_merged,
+      duplicate_dq_merged, onnxruntime_style, float_readers_rewired, bias_dq_folded, constant_dq_folded,
+      weights_shifted, weights_requantized, zero_points_shifted, asymmetric_activations},
+      head [{node, kind (output|dfl|decode: a Quantize in the decoding, its Q/DQ removed), tensor, floated,
+      reason}],
       groups [{q_nodes, rules, ops, scales_before, scale, source, changed}] (rules ["recalibrate"]: an
       ungrouped Q, --recalibrate all; ["symmetric"]: an ungrouped asymmetric Q given a symmetric scale from
       --calib), groups_changed (tied groups only), recalibrated_alone, symmetric_alone,
@@ -77,7 +79,8 @@ def optimize(model: Path, save: Path, calib_dir: Path | None, size: int | None, 
 
 def _print(r, save: Path) -> None:
     n = r.normalize
-    family = f"{r.family} ({r.family_from})" if r.family_from else r.family
+    name = f"{r.family} {r.version}" if r.version else r.family
+    family = f"{name} ({r.family_from})" if r.family_from else name
     say(f"family {family}; policy {' <- '.join(reversed(r.policy))}; normalised: {n.noop_casts_removed} no-op "
         f"Casts removed, {n.qparams_folded} scale/zero-point producers folded, {n.duplicate_q_merged} duplicate Q "
         f"and {n.duplicate_dq_merged} duplicate DQ merged")
@@ -91,9 +94,10 @@ def _print(r, save: Path) -> None:
             f"activations shifted to int8" + (f", {len(n.asymmetric)} asymmetric activation scales derived again "
                                               "from --calib" if n.asymmetric else ""))
     if r.head:
-        print_table("detect head (ignore_detect_outputs): output convs and DFL",
-                    ["conv", "kind", "status"],
-                    [(h.node, h.kind, "made float" if h.floated else h.reason) for h in r.head])
+        print_table("detect head (ignore_detect_outputs): output convs, DFL, Q/DQ in the decoding",
+                    ["node", "kind", "status"],
+                    [(h.node, h.kind, ("Q/DQ removed" if h.kind == "decode" else "made float") if h.floated
+                      else h.reason) for h in r.head])
     from ..optimize import is_single
 
     singles = [g for g in r.groups if is_single(g)]  # --recalibrate all / made symmetric: Qs in no group

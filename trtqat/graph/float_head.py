@@ -21,6 +21,14 @@ would move forward through Concat, MaxPool or another data-movement op into the 
 input a quantized layer reads as well keeps its INT8 input and weights (a float reader there leaves a
 standalone Quantize; it is the yolov5 policy's TQ007 ``quantize-input`` placement) and is listed as kept,
 with the reason. ``ignore_detect_outputs: false`` in a rules file turns this off, DFL included.
+
+Decoding after the last learned layer (box arithmetic, and in end-to-end heads such as YOLO26's
+``end2end`` the top-k selection: ReduceMax, TopK, GatherElements) is float in trtqat's own export; an
+exporter that quantizes tensors there (ModelOpt's ONNX PTQ puts Q/DQ in front of the TopK nodes) adds int8
+rounding to the scores it ranks and, since no INT8 layer reads them, a standalone Quantize and Dequantize
+each (lint LINT007/LINT002). Such pairs, activation Q/DQ from which no learned layer is reachable and to
+which one leads, are removed first (kind ``decode`` in the report); otherwise they would also hide the
+head's last convs, which only decoding follows.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from .family_detect import is_dfl
 from .normalize_qdq import is_activation_q
 from .optable import behaviour
 from .policy import Policy
-from .qdq import constant_value, consumer_map, dq_input_of, is_dq, is_q, producer_map, q_of
+from .qdq import constant_value, consumer_map, dq_input_of, is_dq, is_q, producer_map, q_of, replace_uses
 from .strip_qdq import float_source
 
 #: ops whose presence downstream means a conv is not a head output (learned layers)
@@ -44,7 +52,8 @@ LEARNED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 @dataclass(frozen=True)
 class HeadConv:
     """A detect output conv or DFL conv that had a quantized input or weights: made float, or kept INT8 and
-    why. ``kind``: ``output`` (the last conv of a box or class branch) or ``dfl``."""
+    why. ``kind``: ``output`` (the last conv of a box or class branch), ``dfl``, or ``decode`` (then ``node``
+    is a Quantize in the decoding whose Q/DQ pair was removed)."""
 
     node: str
     tensor: str  # the float tensor its input Quantize read
@@ -106,6 +115,37 @@ def head_output_convs(graph: gs.Graph, decode: frozenset[str] = frozenset()) -> 
             and not feeds_more[id(n)]]
 
 
+def float_decode_qdq(graph: gs.Graph, decode: frozenset[str] = frozenset()) -> list[HeadConv]:
+    """Remove the activation Q/DQ pairs that sit in the decoding: a learned layer leads to them and none is
+    reachable from them (``decode`` convs, the DFL, do not count as learned). A pair whose DQ writes a graph
+    output is kept (the output's name is the DQ's). In place; one ``decode`` entry per Quantize removed."""
+    cons = consumer_map(graph)
+    graph.toposort()
+    after: dict[int, bool] = {}  # node id -> a learned layer leads to it
+    prod = producer_map(graph)
+    for node in graph.nodes:
+        ins = [prod.get(t.name) for t in node.inputs if t is not None]
+        after[id(node)] = any(p is not None and ((p.op in LEARNED_OPS and p.name not in decode) or after[id(p)])
+                              for p in ins)
+    before: dict[int, bool] = {}  # node id -> a learned layer is reachable from it
+    for node in reversed(graph.nodes):
+        readers = [r for t in node.outputs for r in cons.get(t.name, [])]
+        before[id(node)] = any((r.op in LEARNED_OPS and r.name not in decode) or before[id(r)] for r in readers)
+    outputs = {id(t) for t in graph.outputs}
+    out: list[HeadConv] = []
+    for q in [n for n in graph.nodes if is_activation_q(n) and after[id(n)] and not before[id(n)] and n.outputs]:
+        dqs = list(q.outputs[0].outputs)
+        if not dqs or not all(is_dq(d) and d.outputs and id(d.outputs[0]) not in outputs for d in dqs):
+            continue
+        x = q.inputs[0]
+        for d in dqs:
+            replace_uses(graph, d.outputs[0], x)
+        readers = sorted({r.name for r in x.outputs if r is not q})
+        out.append(HeadConv(q.name, x.name, True, f"Q/DQ in the decoding after the last learned layer (read by "
+                            f"{', '.join(readers[:2])}): removed", "decode"))
+    return out
+
+
 def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
     """Make the DFL and the head output convs float where it costs no standalone Q/DQ (in place); see the
     module doc."""
@@ -114,6 +154,8 @@ def float_head_outputs(graph: gs.Graph, policy: Policy) -> list[HeadConv]:
     dfl = dfl_convs(graph)
     out = [_float_dfl(conv, graph) for conv in dfl]
     out = [h for h in out if h is not None]
+    graph.cleanup()
+    out += float_decode_qdq(graph, frozenset(c.name for c in dfl))
     graph.cleanup()
     heads = head_output_convs(graph, frozenset(c.name for c in dfl))
     names = {c.name for c in heads}

@@ -231,6 +231,22 @@ def _assign_precision(ir: QdqIr, g: Group) -> None:
         g.why_float = f"TensorRT has no INT8 {root.op} in explicit quantization"
 
 
+def float_residuals(ir: QdqIr, groups: list[Group]) -> list[tuple[str, str]]:
+    """``(Add node, residual tensor)`` of every fused conv + residual Add that runs INT8 and would write INT8
+    (its output read by one Quantize) but for a float residual: what lint reports as LINT004, and where one
+    Q/DQ on the residual makes the group write INT8 (F2). The residual is the addend that no conv hosts."""
+    out = []
+    for g in groups:
+        if g.kind != "weighted" or g.precision != "INT8" or g.residual is None or ir.dq_of(g.residual) is not None:
+            continue
+        if _single_q(ir, g.end) is None:
+            continue
+        add = next((n for n in g.nodes if n.op == "Add" and g.residual in n.inputs), None)
+        if add is not None:
+            out.append((add.name, g.residual))
+    return out
+
+
 def _why_not_single_q(ir: QdqIr, t: str) -> str:
     cons = ir.cons(t)
     if t in ir.outputs:

@@ -6,6 +6,12 @@ Two rules of ``rules/*.yaml`` call for Q/DQ an exporter may have left out:
   INT8 only when the *other* addend (the skip) is INT8 (developer guide, "Q/DQ Layer-Placement
   Recommendations"; ModelOpt's ``build_non_residual_input_map`` does the same). Inserted: one Q/DQ on the
   skip input of an Add whose inputs carry none (ModelOpt's torch path, pytorch-quantization's default).
+  Where neither addend is quantized and neither is a skip read elsewhere, lint's model of TensorRT says
+  which addend no conv hosts (:func:`~.fusion.float_residuals`, the LINT004 case): that one. The case is
+  attention's ``attn(q, k) @ v + pe(v)`` (YOLO11/YOLO26 C2PSA): the Add fuses into the ``pe`` conv, and
+  with the MatMul-side addend quantized the conv + Add writes INT8 for ``proj``. That addend takes v's
+  scale without data: it is a softmax-weighted average of v over the contracted axis, so ``|attn @ v| <=
+  max |v|`` and v's scale clips nothing of it (checked from the graph, :func:`_softmax_average_bound`).
 - ``align`` ops with several outputs (TQ004, e.g. the ``Split`` of a C2f block): when every output is
   quantized but the input is not, TensorRT can neither move the DQs forward (no DQ on the input) nor the
   Qs backward (several outputs), so the Split runs in float and each Q stays standalone. A Q/DQ on the
@@ -14,9 +20,9 @@ Two rules of ``rules/*.yaml`` call for Q/DQ an exporter may have left out:
   conv keeps a standalone Quantize; the float conv gets an INT8 input with its sibling's scale and INT8
   per-channel weights (amax = max |w| per output channel), its output stays float.
 
-Where the tensor is already read by an activation Q (or, for an align op, its outputs are), the new Q
-takes that Q's scale: no data is needed and
-no value is clipped that was not clipped before. Otherwise the scale must come from data (``--calib``);
+Where the tensor is already read by an activation Q (or, for an align op, its outputs are; or a Q of its
+scale group quantizes it through data movement), the new Q takes that Q's scale: no data is needed and no
+value is clipped that was not clipped before. Otherwise the scale must come from data (``--calib``);
 without it the insertion is only reported as a suggestion.
 """
 from __future__ import annotations
@@ -27,9 +33,12 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .fusion import float_residuals, form_groups
 from .normalize_qdq import is_activation_q, unique_name
+from .optable import DEFAULT_VERSION, behaviour
 from .policy import Policy
-from .qdq import constant_value, consumer_map, is_dq, is_q, opset_of, producer_map, read_qparams
+from .propagate import QdqIr
+from .qdq import constant_value, consumer_map, is_dq, is_q, opset_of, producer_map, q_of, read_qparams
 from .scale_groups import find_scale_sets
 
 #: int8 narrow-range bound, as every trtqat and pytorch-quantization quantizer uses
@@ -55,8 +64,9 @@ class Insertion:
                 "sibling_q": self.sibling_q, "needs_data": self.needs_data}
 
 
-def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
-    """Every Q/DQ the enabled residual-add, multi-output align and quantize-input float-fanout rules ask for."""
+def plan_insertions(graph: gs.Graph, policy: Policy, *, trt_version: str = DEFAULT_VERSION) -> list[Insertion]:
+    """Every Q/DQ the enabled residual-add, multi-output align and quantize-input float-fanout rules ask for
+    (``trt_version``: the TensorRT whose fusions lint models, for the residual Adds it finds)."""
     cons = consumer_map(graph)
     prod = producer_map(graph)
     outputs = {t.name for t in graph.outputs}
@@ -65,6 +75,7 @@ def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
         return next((c.name for c in cons.get(name, []) if is_activation_q(c) and c.inputs[0].name == name), "")
 
     out: list[Insertion] = []
+    group_q = {t: s.q_nodes[0] for s in find_scale_sets(graph, policy, min_q=1).sets for t in s.tensors}
     residual = [r for r in policy.active("residual-add")]
     for node in graph.nodes if residual else []:
         if node.op not in residual[0].ops or len(node.inputs) != 2 or node.outputs[0].name in outputs:
@@ -76,7 +87,14 @@ def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
             continue  # not between quantized layers
         skip = max(ins, key=lambda t: len(cons.get(t.name, [])))  # the skip tensor also feeds the block
         out.append(Insertion(residual[0].id, "residual-add", node.name, skip.name, act_q_of(skip.name)))
-    group_q = {t: s.q_nodes[0] for s in find_scale_sets(graph, policy, min_q=1).sets for t in s.tensors}
+    if residual:
+        planned, tensors = {i.node for i in out}, graph.tensors()
+        for add, tensor in _float_residuals(graph, trt_version):
+            t = tensors.get(tensor)
+            if add in planned or t is None or not _in_int8_region(t, prod, cons):
+                continue
+            sibling = act_q_of(tensor) or group_q.get(tensor, "") or _softmax_average_bound(t, prod, opset_of(graph))
+            out.append(Insertion(residual[0].id, "residual-add", add, tensor, sibling))
     for node in graph.nodes:
         rule = next((r for r in policy.active("align") if node.op in r.ops), None)
         if rule is None or len(node.outputs) < 2 or not node.inputs:
@@ -96,6 +114,72 @@ def plan_insertions(graph: gs.Graph, policy: Policy) -> list[Insertion]:
                 if _float_head_conv(c, t_name, graph, cons):
                     out.append(Insertion(fanout[0].id, "float-fanout", c.name, t_name, sibling))
     return out
+
+
+def _float_residuals(graph: gs.Graph, trt_version: str) -> list[tuple[str, str]]:
+    """``(Add, residual tensor)`` where lint's model of TensorRT fuses the Add into a conv that would write INT8
+    but for the float residual (:func:`~.fusion.float_residuals`), on a copy of the graph's structure."""
+    ir = QdqIr(graph, trt_version)
+    ir.propagate()
+    return float_residuals(ir, form_groups(ir))
+
+
+def _softmax_average_bound(t: gs.Tensor, prod: dict[str, gs.Node], opset: int) -> str:
+    """The activation Q of ``v`` when ``t`` is, through data movement, attention's ``v @ softmax(...)``
+    contracted over the softmax axis, else "".
+
+    Why its scale is safe without data: each output element is a weighted average of ``v``'s values (the
+    softmax weights are non-negative and sum to 1 along the contracted axis), so ``|t| <= max |v|`` and the
+    scale that quantizes ``v`` clips nothing of ``t``.
+    """
+    seen = 0
+    while t.name in prod and _moves_data(prod[t.name]) and seen < 8:
+        t, seen = prod[t.name].inputs[0], seen + 1
+    mm = prod.get(t.name)
+    if mm is None or mm.op != "MatMul" or len(mm.inputs) != 2:
+        return ""
+    for i in (0, 1):  # MatMul(A, B) contracts A's last axis and B's second-to-last
+        axis = _softmax_axis(mm.inputs[i], prod, opset)
+        if axis is None or axis != (-1 if i == 0 else -2):
+            continue
+        dq = prod.get(mm.inputs[1 - i].name)
+        q = q_of(dq) if dq is not None and is_dq(dq) else None
+        if q is not None and is_activation_q(q) and np.size(read_qparams(q).scale) == 1:
+            return q.name
+    return ""
+
+
+def _moves_data(node: gs.Node) -> bool:
+    """A data-movement op with one data input (Reshape, Transpose, ...): values pass through unchanged."""
+    beh = behaviour(node.op, attrs=node.attrs)
+    return beh.commuting and not beh.compute and bool(node.inputs) and len(node.outputs) == 1
+
+
+def _softmax_axis(t: gs.Tensor, prod: dict[str, gs.Node], opset: int) -> int | None:
+    """The (negative) axis of ``t`` along which it sums to 1, when ``t`` is a Softmax output seen through
+    Transposes and Q/DQ pairs (a quantized softmax still averages within its rounding), else None. Before
+    opset 13 Softmax normalises over all axes from ``axis`` on: only the last axis means the same then."""
+    perms: list[list[int]] = []
+    seen = 0
+    while t.name in prod and seen < 8:
+        node, seen = prod[t.name], seen + 1
+        if node.op == "Transpose" and "perm" in node.attrs:
+            perms.append(list(node.attrs["perm"]))
+        elif not (is_q(node) or is_dq(node)):
+            break
+        t = node.inputs[0]
+    node = prod.get(t.name)
+    rank = len(t.shape) if t.shape is not None else None
+    if node is None or node.op != "Softmax" or rank is None:
+        return None
+    axis = int(node.attrs.get("axis", -1 if opset >= 13 else 1)) % rank
+    if opset < 13 and axis != rank - 1:
+        return None
+    for perm in reversed(perms):  # follow the axis through each Transpose, first to last
+        if len(perm) != rank:
+            return None
+        axis = perm.index(axis)
+    return axis - rank
 
 
 def _in_int8_region(t: gs.Tensor, prod: dict[str, gs.Node], cons: dict[str, list[gs.Node]]) -> bool:

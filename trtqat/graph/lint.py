@@ -196,7 +196,7 @@ def lint_graph(graph: gs.Graph, *, trt_version: str = DEFAULT_VERSION,
     findings = [*extra_findings, *check_parser(graph)]
     family = detect_onnx_family(graph, metadata)
     facts = {"float_model": not any(n.op in (Q_OP, DQ_OP) for n in graph.nodes), "parse_errors": _parse_errors(findings),
-             "family": family.name, "family_from": family.source or None}
+             "family": family.name, "family_from": family.source or None, "version": family.version or None}
     refusing = [f for f in findings if f.rule_id in REFUSING_RULES]
     if refusing:
         return _refused(findings, refusing, trt_version, facts)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError, UsageError
+from ...graph.family_detect import family_from_metadata, version_from_metadata
 from ...models.detect_head import RawHead, raw_head_from_metadata
 from ..layouts import YOLOV5, LayoutHint, OutputDecoder, hint_from_metadata, names_count, square_imgsz
 from ..raw_head import decode_raw
@@ -96,7 +97,7 @@ class OnnxRunner(Runner):
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
         self.fixed_size = square_size(h, w, str(self.path))
         meta = {p.key: p.value for p in model.metadata_props}
-        self.family, self.version = family_from_metadata(meta)
+        self.family, self.version = family_from_metadata(meta), version_from_metadata(meta)
         self.kind = meta.get("kind") or ("qdq" if any(n.op_type == "QuantizeLinear" for n in model.graph.node)
                                          else "float")
         if str(meta.get("size", "")).isdigit():
@@ -153,13 +154,3 @@ class OnnxRunner(Runner):
 
     def describe(self) -> dict:
         return {**super().describe(), "family": self.family, "version": self.version, "device": self.provider}
-
-
-def family_from_metadata(meta: dict[str, str]) -> tuple[str | None, str]:
-    """(family, its version) an export's metadata names: trtqat's ``family``/``version`` keys, or ``ultralytics``
-    for Ultralytics' own exporter (its ``version`` key is the package's, not a model version); (None, "")."""
-    if "trtqat_version" in meta and meta.get("family"):
-        return meta["family"], meta.get("version", "")
-    if "task" in meta or "end2end" in meta:
-        return "ultralytics", ""
-    return None, ""
