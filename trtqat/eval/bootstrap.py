@@ -55,25 +55,27 @@ class MatchTable:
             if objects == 0:
                 continue  # pycocotools leaves the category out (precision -1)
             order = np.repeat(np.arange(cat.image.size), counts[cat.image])
-            tp = np.cumsum(cat.tp[:, order], axis=1, dtype=np.float64)
-            fp = np.cumsum(cat.fp[:, order], axis=1, dtype=np.float64)
-            per_threshold.append([_average_precision(t, f, objects) for t, f in zip(tp, fp)])
+            per_threshold.append(_average_precision(np.cumsum(cat.tp[:, order], axis=1),
+                                                    np.cumsum(cat.fp[:, order], axis=1), objects))
         if not per_threshold:
             return float("nan"), float("nan")
         ap = np.asarray(per_threshold)
         return max(float(ap.mean()), 0.0), max(float(ap[:, 0].mean()), 0.0)
 
 
-def _average_precision(tp: np.ndarray, fp: np.ndarray, objects: int) -> float:
-    """COCO's interpolated precision, averaged over the 101 recall points, for one category and threshold."""
-    if tp.size == 0:
-        return 0.0
+def _average_precision(tp: np.ndarray, fp: np.ndarray, objects: int) -> np.ndarray:
+    """COCO's interpolated precision averaged over the 101 recall points, per IoU threshold (rows of the
+    cumulative true / false positive counts ``[T, D]``) of one category."""
+    if tp.shape[1] == 0:
+        return np.zeros(tp.shape[0])
     recall = tp / objects
     precision = tp / (tp + fp + np.spacing(1))
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    at = np.searchsorted(recall, _RECALL_POINTS, side="left")
-    found = at < precision.size
-    return float(precision[at[found]].sum() / _RECALL_POINTS.size)
+    precision = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)  # monotone envelope
+    ap = np.empty(tp.shape[0])
+    for t in range(tp.shape[0]):
+        at = np.searchsorted(recall[t], _RECALL_POINTS, side="left")
+        ap[t] = precision[t, at[at < precision.shape[1]]].sum() / _RECALL_POINTS.size
+    return ap
 
 
 def match_table(gt: dict, detections: Sequence[dict], image_ids: Sequence[int]) -> MatchTable:
