@@ -13,61 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from click.testing import CliRunner
-from upstream_modules import restore, upstream_modules
-
-SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def restore_upstream_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
-
-
-def _cli(*args):
-    from trtqat.cli import main
-
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-@pytest.fixture(scope="module")
-def rules_json(yolo_checkpoint):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            before = upstream_modules()
-            ckpt, repo = yolo_checkpoint(family)
-            out = _cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout
-            restore(before)
-            cache[family] = json.loads(out)
-        return cache[family]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def ptq(yolo_checkpoint, calib_images, tmp_path_factory):
-    """Factory ``family -> (ptq.pt, repo)`` written by ``trtqat quantize --ptq`` (max calibration, 2 images)."""
-    root = tmp_path_factory.mktemp("rules_ptq")
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            before = upstream_modules()
-            ckpt, repo = yolo_checkpoint(family)
-            out = root / f"{family}_ptq.pt"
-            _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
-                 "--calib-batches", 1, "--calib-method", "max", "--ptq", out, "--json")
-            restore(before)
-            cache[family] = (out, repo)
-        return cache[family]
-
-    return get
+from rules_helpers import SIZE, rules_cli
 
 
 def _group_with(data, *members):
@@ -114,7 +60,7 @@ def test_yolov5_groups(rules_json):
 
 def test_yolov7_groups(ptq):
     """The groups a PTQ run applied (stored in the checkpoint, as ``trtqat rules ptq.pt`` shows them)."""
-    data = json.loads(_cli("rules", *_ckpt_repo(ptq("yolov7")), "--size", SIZE, "--json").stdout)
+    data = json.loads(rules_cli("rules", *_ckpt_repo(ptq("yolov7")), "--size", SIZE, "--json").stdout)
     assert data["stored"] and data["ignore_policy"] == [r"model\.105\.m\..*"]
     assert not any(g["converted"] for g in data["groups"])
     for i in (10, 23, 36, 49):  # backbone ELAN concats [-1, -3, -5, -6]
@@ -141,7 +87,7 @@ def test_yolov7_groups(ptq):
 
 def test_ignore_policy_option_removes_members(yolo_checkpoint):
     ckpt, repo = yolo_checkpoint("yolov5")
-    data = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json", "--ignore-policy",
+    data = json.loads(rules_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json", "--ignore-policy",
                            r"model\.(9|2)\..*", "--ignore-policy", r"model\.24\.m\.0").stdout)
     assert "model.9.m" in data["ignored"] and "model.2.cv1.conv" in data["ignored"]
     assert not any(m.startswith(("model.9.", "model.2.")) for g in data["groups"] for m in g["members"])
@@ -152,8 +98,8 @@ def test_ignore_policy_option_removes_members(yolo_checkpoint):
         (["model.24.m.0"], True)]
 
 
-def _ckpt_repo(pair):
-    return pair[0], "--repo", pair[1]
+def _ckpt_repo(ptq_result):
+    return ptq_result[0], "--repo", ptq_result[1]
 
 
 _RELOAD = textwrap.dedent("""
@@ -192,7 +138,7 @@ _RELOAD = textwrap.dedent("""
 def test_ptq_sharing_survives_reload_in_new_process(ptq, tmp_path):
     argv = [str(SIZE)]
     for family in ("yolov5", "yolov7"):
-        path, repo = ptq(family)
+        path, repo, _ = ptq(family)
         argv += [family, path, repo, tmp_path / f"{family}.onnx"]
     proc = subprocess.run([sys.executable, "-c", _RELOAD, *map(str, argv)], check=False, capture_output=True,
                           text=True, timeout=300)
@@ -235,7 +181,7 @@ def test_lean_trace_finds_the_same_groups_as_the_full_export(yolo_checkpoint, fa
 
 def test_rule_override_report_keeps_yolov5_detect_convs_float(yolo_checkpoint):
     ckpt, repo = yolo_checkpoint("yolov5")
-    data = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json", "--rule", "TQ007=report").stdout)
+    data = json.loads(rules_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json", "--rule", "TQ007=report").stdout)
     assert data["fanout_mode"] == "report" and data["converted"] == []
     assert len(data["groups"]) == 14  # the two TQ007 groups are gone, every other group stays
     assert sorted(m for f in data["fanouts"] if f["standalone_q"] for m in f["float_readers"]) == [
@@ -246,8 +192,8 @@ def test_rule_override_report_keeps_yolov5_detect_convs_float(yolo_checkpoint):
 
 
 def test_stored_placement_of_a_ptq_checkpoint(ptq):
-    data = json.loads(_cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE, "--json").stdout)
+    data = json.loads(rules_cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE, "--json").stdout)
     assert data["stored"] and data["placement"] == "rules: scale sharing, TQ007 quantize-input"
     assert data["converted"] == ["model.24.m.0", "model.24.m.1"] and list(data["float"]) == ["model.24.m.2"]
-    out = _cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE).output
+    out = rules_cli("rules", *_ckpt_repo(ptq("yolov5")), "--size", SIZE).output
     assert "kept float: model.24.m.2 (detect output conv" in out

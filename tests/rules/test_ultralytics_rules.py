@@ -11,29 +11,17 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
+from rules_helpers import SIZE, rules_cli
 from upstream_modules import restore, upstream_modules
 
 from trtqat.demo import fixtures
 
-SIZE = 64
 DETECT = {"yolov8": "model.22", "yolo11": "model.23", "yolo26": "model.23"}
 VERSION = {"yolov8": "v8", "yolo11": "11", "yolo26": "26"}
 
 
-@pytest.fixture(autouse=True)
-def restore_upstream_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
 
 
-def _cli(*args, code: int = 0):
-    from trtqat.cli import main
-
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    return result
 
 
 def _float_names(family: str) -> list[str]:
@@ -41,39 +29,8 @@ def _float_names(family: str) -> list[str]:
     return [f"{det}.cv{b}.{i}.2" for b in (2, 3) for i in range(3)] + ([f"{det}.dfl.conv"] if family != "yolo26" else [])
 
 
-@pytest.fixture(scope="module")
-def rules_json(yolo_checkpoint):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            before = upstream_modules()
-            ckpt, repo = yolo_checkpoint(family, "model")
-            cache[family] = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
-            restore(before)
-        return cache[family]
-
-    return get
 
 
-@pytest.fixture(scope="module")
-def ptq(yolo_checkpoint, calib_images, tmp_path_factory):
-    """Factory ``family -> (ptq.pt, repo, summary JSON)`` from ``trtqat quantize --ptq`` (max, 2 images)."""
-    root = tmp_path_factory.mktemp("ultralytics_ptq")
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            before = upstream_modules()
-            ckpt, repo = yolo_checkpoint(family, "model")
-            out = root / f"{family}_ptq.pt"
-            res = _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
-                       "--calib-batches", 1, "--calib-method", "max", "--ptq", out, "--json")
-            restore(before)
-            cache[family] = (out, repo, json.loads(res.stdout))
-        return cache[family]
-
-    return get
 
 
 def _group_with(data, *members):
@@ -144,7 +101,7 @@ def test_ptq_keeps_head_outputs_float_and_quantizes_the_rest(ptq, family):
 
 def test_ptq_table_names_family_and_version(yolo_checkpoint, calib_images, tmp_path):
     ckpt, repo = yolo_checkpoint("yolo26", "model")
-    out = _cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
+    out = rules_cli("quantize", ckpt, "--repo", repo, "--calib", calib_images, "--size", SIZE, "--batch-size", 2,
                "--calib-batches", 1, "--calib-method", "max", "--ignore-policy", r"model\.99\..*").output
     assert "ultralytics 26 (detect: model.23)" in out and "ultralytics [B, 4+nc, N]" in out
     assert re.search(r"ignore patterns matching\s+.*model\\\.99", out)
@@ -169,7 +126,7 @@ def test_ignore_pattern_matching_nothing_warns(yolo_checkpoint, caplog):
 
 def test_end2end_yolo26_keeps_the_one_to_one_outputs_float(yolo_checkpoint, calib_images, tmp_path):
     ckpt, repo = yolo_checkpoint("yolo26", "ema", end2end=True)
-    data = json.loads(_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
+    data = json.loads(rules_cli("rules", ckpt, "--repo", repo, "--size", SIZE, "--json").stdout)
     assert data["output_layout"] == "end2end" and data["unmatched_ignore"] == []
     assert sorted(data["ignored"]) == sorted(f"model.23.one2one_cv{b}.{i}.2" for b in (2, 3) for i in range(3))
 
@@ -206,7 +163,7 @@ def exported(ptq, tmp_path_factory):
             path, repo, _ = ptq(family)
             before = upstream_modules()
             out = root / f"{family}.onnx"
-            _cli("export", path, "--repo", repo, "--size", SIZE, "--no-verify", "--save", out)
+            rules_cli("export", path, "--repo", repo, "--size", SIZE, "--no-verify", "--save", out)
             restore(before)
             cache[family] = (out, lint_onnx(out))
         return cache[family]
