@@ -152,9 +152,10 @@ def rnd(x, nd: int = 4):
 
 
 def write_result(name: str, payload: dict, cfg: Config, out_dir: Path = RESULTS_DIR) -> Path:
-    """``<out_dir>/<name>.json`` with the machine and the config it was measured with."""
+    """``<out_dir>/<name>.json`` with the machine, the command and the config it was measured with."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "machine": machine_info(), "config": asdict(cfg), **rnd(payload)}
+    doc = {"benchmark": name, "machine": machine_info(), "command": command_line(), "config": asdict(cfg),
+           **rnd(payload)}
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
@@ -175,10 +176,25 @@ def chosen_families(all_families: tuple[str, ...]) -> list[str]:
 
 def carried_over(name: str, families: set[str]) -> dict:
     """The committed per-family results of benchmark ``name`` for ``families`` (not measured in this run),
-    each marked ``carried_over``, so a partial run keeps, and says it keeps, their last measurement."""
+    each marked ``carried_over`` and with ``measured_on`` (the machine block and command of the file it is
+    carried from, unless the row already names its own), so a partial run keeps, and says it keeps, their
+    last measurement: the new file's own machine block is the new run's."""
     path = RESULTS_DIR / f"{name}.json"
-    old = json.loads(path.read_text()).get("families", {}) if path.is_file() and families else {}
-    return {f: {**old[f], "carried_over": True} for f in sorted(families) if f in old}
+    doc = json.loads(path.read_text()) if path.is_file() and families else {}
+    old = doc.get("families", {})
+    # files written before results named their command came from the full run
+    where = {"machine": doc.get("machine"), "command": doc.get("command", "python -m benchmarks.run (make bench)")}
+    return {f: {**old[f], "carried_over": True, "measured_on": old[f].get("measured_on", where)}
+            for f in sorted(families) if f in old}
+
+
+def command_line() -> str:
+    """How a result was produced: the environment variables that choose what runs, then the command line."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("TRTQAT_BENCH_FAMILIES", "TRTQAT_MODELOPT_PYTHON", "OMP_NUM_THREADS")
+                   if os.environ.get(k))
+    prog = f"python -m benchmarks.{Path(sys.argv[0]).stem}" if Path(sys.argv[0]).parent.name == "benchmarks" \
+        else Path(sys.argv[0]).name
+    return " ".join(x for x in (env, prog, *sys.argv[1:]) if x)
 
 
 def log(msg: str) -> None:

@@ -188,27 +188,7 @@ def run(ws: Workspace, cfg: Config) -> dict:
     import onnxruntime
 
     return {"modelopt_version": proc.stdout.strip(), "onnxruntime_version": onnxruntime.__version__,
-            "command": _command(), "families": {**_carried(set(FAMILIES) - set(chosen)), **families}}
-
-
-def _carried(families: set[str]) -> dict:
-    """The committed rows of ``families`` (not measured now), each with the machine and command that measured
-    it (``measured_on``): the file's own machine block is this run's."""
-    from .common import RESULTS_DIR
-
-    rows = carried_over("peers", families)
-    path = RESULTS_DIR / "peers.json"
-    old = json.loads(path.read_text()) if rows and path.is_file() else {}
-    where = {"machine": old.get("machine"), "command": old.get("command", "python -m benchmarks.run (make bench)")}
-    return {f: {**r, "measured_on": r.get("measured_on", where)} for f, r in rows.items()}
-
-
-def _command() -> str:
-    """How this result was produced: the environment variables that choose what runs, and the command line."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("TRTQAT_BENCH_FAMILIES", "TRTQAT_MODELOPT_PYTHON", "OMP_NUM_THREADS")
-                   if os.environ.get(k))
-    prog = f"python -m benchmarks.{Path(sys.argv[0]).stem}" if Path(sys.argv[0]).stem in ("peers", "run") else sys.argv[0]
-    return " ".join(x for x in (env, prog, *sys.argv[1:]) if x)
+            "families": {**carried_over("peers", set(FAMILIES) - set(chosen)), **families}}
 
 
 def main(argv: list[str] | None = None) -> int:

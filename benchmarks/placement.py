@@ -1,5 +1,9 @@
 """Benchmark 5: Q/DQ placement quality from the ONNX alone, per family, under three rule sets.
 
+Families: every scratch fixture (:data:`trtqat.demo.fixtures.ALL_FAMILIES`, random weights: only structure
+is measured here): YOLOv5, YOLOv7, and the Ultralytics YOLOv8, YOLO11 (C3k2, C2PSA attention) and YOLO26
+(one-to-many head, as Ultralytics 8.4 saves it) at the fixtures' scale ``t``.
+
 - ``no_rules``: trtqat's quantization plan (Conv, MaxPool, residual Add) with no scale sharing
   (``trtqat quantize --no-rules``);
 - ``reference_rules``: the reference tool's plan (no MaxPool quantizer; QuantAdd on Bottlenecks) with
@@ -8,7 +12,8 @@
   its output is the major and, per Concat input, the first quantized conv reading that input is paired to
   it (the exporter merges sibling Q/DQ pairs, so only the first reader of a tensor is ever seen); for each
   MaxPool whose first consumer is a quantized conv, the first quantized conv reading the MaxPool input is
-  paired to it; every Bottleneck's ``addop`` inputs take ``cv1``'s input quantizer;
+  paired to it; every Bottleneck's ``addop`` inputs take ``cv1``'s input quantizer. Only ``Concat``
+  modules are seen: a ``torch.cat`` inside a block (YOLOv5's C3, Ultralytics' C2f/C3k2/C2PSA) is not;
 - ``trtqat_rules``: trtqat's default (the family's rules file).
 
 Each variant is calibrated on one batch (scales must be real for the exporter), traced with
@@ -23,9 +28,12 @@ from pathlib import Path
 
 import torch
 
+from trtqat.demo.fixtures import ALL_FAMILIES
+
 from .common import Config, Workspace, log
 
 VARIANTS = ("no_rules", "reference_rules", "trtqat_rules")
+FAMILIES = ALL_FAMILIES  # yolov5, yolov7, yolov8, yolo11, yolo26
 
 
 def reference_pairs(model: torch.nn.Module, size: int) -> list[tuple[str, str]]:
@@ -104,7 +112,7 @@ def apply_reference_rules(model: torch.nn.Module, size: int) -> int:
 
 
 def build_variant(ws: Workspace, family: str, variant: str, size: int, images: Path):
-    """The calibrated quantized model of ``family`` under ``variant``."""
+    """The calibrated quantized model of ``family`` under ``variant``, and the detected family's label."""
     from trtqat.data.images import image_stream
     from trtqat.models import load_checkpoint
     from trtqat.quant.calibrate import calibrate
@@ -119,7 +127,7 @@ def build_variant(ws: Workspace, family: str, variant: str, size: int, images: P
     model, _, _, _ = prepare_quantized(loaded, qconf)
     pairs = apply_reference_rules(model, size) if variant == "reference_rules" else None
     calibrate(model, image_stream(images, size, 2, max_batches=1))
-    return model, pairs
+    return model, pairs, loaded.family.label
 
 
 def measure(model, path: Path, size: int) -> dict:
@@ -148,18 +156,19 @@ def measure(model, path: Path, size: int) -> dict:
 
 def run(ws: Workspace, cfg: Config) -> dict:
     images = ws.images(cfg.throughput_images)
-    out: dict = {"size": cfg.placement_size, "families": {}}
+    out: dict = {"size": cfg.placement_size, "families": {}, "detected_as": {}}
     ok = True
     with tempfile.TemporaryDirectory(prefix="trtqat-bench-placement-") as tmp:
-        for family in ("yolov5", "yolov7"):
+        for family in FAMILIES:
             fam: dict = {}
             for variant in VARIANTS:
-                model, pairs = build_variant(ws, family, variant, cfg.placement_size, images)
+                model, pairs, out["detected_as"][family] = build_variant(ws, family, variant, cfg.placement_size,
+                                                                         images)
                 fam[variant] = measure(model, Path(tmp) / f"{family}_{variant}.onnx", cfg.placement_size)
                 if pairs is not None:
                     fam[variant]["reference_pairs"] = pairs
                 log(f"placement {family} {variant}: {fam[variant]['standalone_qdq']} standalone, "
-                    f"int8 share {fam[variant]['int8_share']}")
+                    f"int8 share {fam[variant]['int8_share']} of layers, {fam[variant]['int8_share_macs']} of MACs")
             ok = ok and not fam["trtqat_rules"]["standalone_other_than_input"]
             out["families"][family] = fam
     out["target_no_standalone_but_input"] = ok

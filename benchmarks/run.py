@@ -97,8 +97,10 @@ def build_summary(results: dict, errors: dict, cfg: Config, seconds: float) -> d
              "calib_images_per_s": {f: _get(results, "calib_throughput", "families", f, "cpu", "images_per_s")
                                     for f in ("yolov5", "yolov7")},
              "placement": {f: {v: {k: _get(results, "placement", "families", f, v, k)
-                                   for k in ("groups", "activation_qdq", "standalone_qdq", "int8_share")}
-                               for v in placement.VARIANTS} for f in ("yolov5", "yolov7")},
+                                   for k in ("groups", "activation_qdq", "standalone_qdq", "int8_share",
+                                             "int8_share_macs")}
+                               for v in placement.VARIANTS}
+                           for f in (_get(results, "placement", "families") or {})},
              "placement_target_met": _get(results, "placement", "target_no_standalone_but_input"),
              "export": {f: {k: _get(results, "export", "families", f, k)
                             for k in ("seconds", "passed", "worst_cosine", "worst_max_abs")}
@@ -156,13 +158,7 @@ def table(summary: dict) -> str:
         ips = d["calib_images_per_s"].get(fam) or {}
         rows.append((f"calibration images/s {fam} (CPU, batch 8): trtqat / reference / float forward",
                      " / ".join(_fmt(ips.get(k), 2) for k in ("trtqat", "reference", "float_forward")), ""))
-    for fam in ("yolov5", "yolov7"):
-        p = d["placement"][fam]
-        rows.append((f"standalone Q/DQ {fam}: no rules / reference rules / trtqat rules",
-                     " / ".join(_fmt(p[v]["standalone_qdq"]) for v in placement.VARIANTS), "1 (input)"))
-        rows.append((f"scale groups / INT8 layer share {fam}: no rules / reference / trtqat",
-                     " / ".join(f"{_fmt(p[v]['groups'])}, {_fmt(p[v]['int8_share'], 3)}" for v in placement.VARIANTS),
-                     ""))
+    rows += placement_rows(d["placement"])
     for fam in ("yolov5", "yolov7"):
         e = d["export"][fam]
         rows.append((f"export {fam} (random-weight fixture): seconds, ORT verification passed, worst box cosine",
@@ -183,6 +179,19 @@ def table(summary: dict) -> str:
         lines.append("")
         lines.append("Failed benchmarks: " + "; ".join(f"{k}: {v}" for k, v in summary["errors"].items()))
     return "\n".join(lines)
+
+
+def placement_rows(p: dict) -> list[tuple[str, str, str]]:
+    """Per family (benchmarks/placement.py): standalone Q/DQ under the three placements, then scale groups and
+    the INT8 share of compute layers and of MACs (older results have no MAC share: n/a)."""
+    rows = []
+    for fam, v in p.items():
+        rows.append((f"standalone Q/DQ {fam}: no rules / reference rules / trtqat rules",
+                     " / ".join(_fmt(v[k]["standalone_qdq"]) for k in placement.VARIANTS), "1 (input)"))
+        rows.append((f"scale groups, INT8 share of layers, of MACs {fam}: no rules / reference / trtqat",
+                     " / ".join(f"{_fmt(v[k]['groups'])}, {_fmt(v[k]['int8_share'], 3)}, "
+                                f"{_fmt(v[k].get('int8_share_macs'), 3)}" for k in placement.VARIANTS), ""))
+    return rows
 
 
 #: the peers benchmark's variants as the README table names them
@@ -208,6 +217,12 @@ def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
                     " / ".join(_fmt(v[k]["standalone_qdq"]) for k in keys), "1 (input)"))
         out.append((f"{fam}: mAP@0.5:0.95 float / the {len(keys)} above", " / ".join(_fmt(v[k]["map"], 4)
                                                                                for k in ("float", *keys)), ""))
+        ort = [k for k in ("onnxruntime", "onnxruntime+optimize --calib") if k in v]  # the Ultralytics family
+        if ort:
+            out.append((f"{fam}: standalone Q/DQ, INT8 MAC share, mAP@0.5:0.95, onnxruntime "
+                        f"{p.get('onnxruntime_version', '')} quantize_static defaults / + optimize --calib",
+                        " / ".join(f"{_fmt(v[k]['standalone_qdq'])}, {_fmt(v[k]['int8_share_macs'], 3)}, "
+                                   f"{_fmt(v[k]['map'], 4)}" for k in ort), "1 (input)"))
     return out
 
 

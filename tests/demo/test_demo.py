@@ -1,9 +1,11 @@
-"""``trtqat demo``: every command it runs is a valid command line, and (slow) the whole demo runs."""
+"""``trtqat demo``: every command it runs is a valid command line, every trained family (YOLOv8 included) is a
+choice with its own inputs, and (slow) the whole demo runs."""
 import pytest
 from click.testing import CliRunner
 
 from trtqat.cli import main
-from trtqat.demo.pipeline import DemoConfig, plan
+from trtqat.demo import trained
+from trtqat.demo.pipeline import DemoConfig, plan, prepare_inputs
 
 
 @pytest.mark.parametrize("qat", [True, False])
@@ -27,8 +29,9 @@ def test_every_step_parses_against_the_real_cli(tmp_path, qat):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "--family", "yolov5", "--out", str(tmp_path), "--size", "128",
+@pytest.mark.parametrize("family", ["yolov5", "yolov8"])  # 75-190 s each on 2 shared cores
+def test_demo_runs_end_to_end(tmp_path, family):
+    result = CliRunner().invoke(main, ["demo", "--family", family, "--out", str(tmp_path), "--size", "128",
                                        "--images", "8", "--val-images", "8", "--no-qat"])
     assert result.exit_code == 0, result.output
     for name in ("ptq.pt", "ptq_norules.pt", "model.onnx", "model_norules.onnx", "model_fp16.onnx"):
@@ -37,6 +40,44 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "TensorRT lint: trtqat placement" in result.output and "trtexec build command" in result.output
     verdict = [line for line in result.output.splitlines() if line.startswith("verdict:")]
     assert len(verdict) == 1 and "-> 1 (trtqat)" in verdict[0] and "onnx" in verdict[0]
+    # every artifact scored above zero: a layout read wrongly scores 0 (the YOLOv8 output is [B, 4+nc, N])
+    maps = dict(part.rsplit(" ", 1) for part in verdict[0].split("mAP@0.5:0.95 ")[1].split(" / "))
+    assert set(maps) == {"float", "ptq", "onnx"} and all(float(v) > 0.05 for v in maps.values()), maps
+
+
+def test_yolov8_inputs_are_the_scratch_ultralytics_package_and_its_checkpoint(tmp_path):
+    """The YOLOv8 demo reads its checkpoint with ``--repo`` = the folder holding the scratch ``ultralytics``
+    package (a real Ultralytics checkpoint needs none; the demo must not need the real package)."""
+    cfg = DemoConfig(family="yolov8", out=tmp_path, images=1, val_images=1)
+    ckpt, repo, data = prepare_inputs(cfg)
+    assert ckpt == tmp_path / "yolov8_shapes.pt" and ckpt.read_bytes() == trained.trained_path("yolov8").read_bytes()
+    assert (repo / "ultralytics" / "nn" / "tasks.py").is_file() and not (repo / "models").exists()
+    steps, _ = plan(cfg, ckpt, repo, data.train_images, data.val_images, data.val_json)
+    for step in steps:
+        if step.args[0] in ("rules", "quantize", "export", "eval"):
+            assert step.args[step.args.index("--repo") + 1] == str(repo), step.args
+
+
+@pytest.mark.parametrize("given,runs", [("yolov8", "yolov8"), ("ultralytics", "yolov8"), ("yolov7", "yolov7")])
+def test_family_choice_and_the_ultralytics_alias(tmp_path, monkeypatch, given, runs):
+    from trtqat.demo import pipeline
+
+    seen = []
+
+    def fake_run_demo(cfg, echo):
+        seen.append(cfg.family)
+        raise pipeline.BuildError("stopped by the test", "nothing to fix")
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    result = CliRunner().invoke(main, ["demo", "--family", given, "--out", str(tmp_path)])
+    assert seen == [runs] and result.exit_code == 1 and "stopped by the test" in result.output
+
+
+def test_every_trained_family_is_a_demo_choice():
+    command = main.get_command(None, "demo")
+    choices = next(p for p in command.params if p.name == "family").type.choices
+    assert set(trained.TRAINED_FAMILIES) <= set(choices) and "ultralytics" in choices
+    assert all(trained.trained_path(f).is_file() for f in trained.TRAINED_FAMILIES)
 
 
 def test_verdict_line_names_counts_and_every_map():

@@ -6,12 +6,17 @@ from pathlib import Path
 
 import click
 
+from ..demo.trained import TRAINED_FAMILIES
 from .output import print_table, say
+
+#: other names ``--family`` accepts: the family name trtqat prints for Ultralytics checkpoints
+ALIASES = {"ultralytics": "yolov8"}
 
 
 @click.command(name="demo")
-@click.option("--family", type=click.Choice(["yolov5", "yolov7"]), default="yolov5", show_default=True,
-              help="Which trained reference detector to run the pipeline on.")
+@click.option("--family", type=click.Choice([*TRAINED_FAMILIES, *ALIASES]), default="yolov5", show_default=True,
+              help="Which trained reference detector to run the pipeline on: YOLOv5-, YOLOv7- or Ultralytics "
+                   "YOLOv8-shaped ('ultralytics' is the same as yolov8).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for everything the demo writes [default: a new temporary folder, kept].")
 @click.option("--size", type=int, default=320, show_default=True, help="Input size.")
@@ -22,7 +27,8 @@ from .output import print_table, say
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Include a short QAT fine-tune.")
 def demo(family: str, out: Path | None, size: int, images: int, val_images: int, qat: bool) -> None:
     """Run rules, quantize (PTQ, QAT), export, lint, a dry-run engine build and eval on the committed trained
-    reference detector (pickled like an upstream train.py checkpoint) and generated shapes images,
+    reference detector (pickled like an upstream train.py checkpoint, the YOLOv8-shaped one as YOLO.save()
+    writes it) and generated shapes images,
     printing each command as you would type it, then the accuracy of every artifact and a verdict."""
     from ..demo.pipeline import DemoConfig, run_demo
     from ..errors import UsageError
@@ -32,6 +38,7 @@ def demo(family: str, out: Path | None, size: int, images: int, val_images: int,
                          "Use e.g. --size 320")
     if images < 1 or val_images < 1:
         raise UsageError(f"--images and --val-images must be at least 1, got {images} and {val_images}")
+    family = ALIASES.get(family, family)
     out = out or Path(tempfile.mkdtemp(prefix="trtqat-demo-"))
     result = run_demo(DemoConfig(family=family, out=out, size=size, images=images, val_images=val_images, qat=qat),
                       echo=say)

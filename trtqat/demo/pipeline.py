@@ -2,10 +2,16 @@
 
 It takes the committed trained reference detector of the chosen family (:mod:`trtqat.demo.trained`: a
 scratch YOLOv5- or YOLOv7-shaped model trained on generated shapes, pickled inside a throwaway ``models``
-package exactly like an upstream ``train.py`` checkpoint), writes its fake repo and a few generated,
+package exactly like an upstream ``train.py`` checkpoint; or the YOLOv8-shaped one, pickled inside a
+throwaway ``ultralytics`` package as ``YOLO.save()`` writes it), writes its fake repo and a few generated,
 labelled images (calibration/QAT images from the training split, validation images from the held-out
 split), then runs the real ``trtqat`` commands one after the other, each in its own process, printing the
 command line first. TensorRT is not needed: the engine build is shown as a ``--dry-run`` command.
+
+Every family runs the same commands. ``--repo`` is the fake clone for YOLOv5/YOLOv7 and, for YOLOv8, the
+folder holding the scratch ``ultralytics`` package: a real Ultralytics checkpoint needs no ``--repo`` (it
+unpickles from the installed package), but the demo must not depend on that package, and ``--repo`` comes
+first on the import path, so the scratch package is the one the demo's checkpoint is read with.
 
 It ends with ``trtqat eval`` over every artifact (float checkpoint, PTQ, QAT, the exported Q/DQ ONNX) on
 the same held-out images, and a verdict: predicted standalone Q/DQ (baseline vs

@@ -18,6 +18,8 @@ from ..errors import InputError
 from . import fixtures
 
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+#: the families with a committed trained checkpoint (what ``trtqat demo`` and the accuracy benchmark run on)
+TRAINED_FAMILIES = ("yolov5", "yolov7", "yolov8")
 
 
 def trained_path(family: str) -> Path:
