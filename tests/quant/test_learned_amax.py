@@ -168,3 +168,109 @@ def test_training_with_it_matches_training_with_torchs_op(monkeypatch):
     assert float(ours["0._input_quantizer._amax"]) != 2.5  # the scales did train
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=0, msg=key)
+
+
+def _lsq_spelled_out(x, scale, lo, hi):
+    """The LSQ op as the textbook writes it (boolean mask, ``where``): the maths ``LearnableFakeQuant`` must
+    keep while it is made faster. Output round(x/s) clamped, times s; input gradient where the rounded value is
+    in range; scale gradient ``(q*s - x)/s`` inside (one fused multiply-add) and ``q`` outside."""
+
+    class SpelledOut(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, scale):
+            ctx.save_for_backward(x, scale)
+            return torch.round(x * scale.reciprocal()).clamp(lo, hi) * scale
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, scale = ctx.saved_tensors
+            inv = scale.reciprocal()
+            rounded = torch.round(x * inv)
+            q = rounded.clamp(lo, hi)
+            inside = rounded == q
+            inner = torch.addcmul(x, q, scale, value=-1) * grad * -inv
+            per_element = torch.where(inside, inner, q * grad)
+            return torch.where(inside, grad, torch.zeros_like(grad)), per_element.sum().reshape(scale.shape)
+
+    return SpelledOut.apply(x, scale)
+
+
+@pytest.mark.parametrize("lo,hi", [(-128, 127), (-127, 127), (0, 255)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fast_op_keeps_the_spelled_out_maths_on_a_conv_layer(lo, hi, channels_last):
+    """One quantized conv (activation fake-quant -> conv), forward and backward with the fast op and with the
+    spelled-out one: output, input gradient and weight gradient bit for bit, the scale gradient to float
+    tolerance (it is bit-equal on this CPU: same per-element values, same summation). The input holds exact
+    grid points, exact ties (rounded half to even, at the range ends too) and values far outside."""
+    from trtqat.quant.learned_amax import LearnableFakeQuant
+
+    gen = torch.Generator().manual_seed(3)
+    step = 0.01
+    x = torch.randn(2, 6, 20, 20, generator=gen) * 1.5
+    ties = torch.tensor([lo - 0.5, lo - 1.5, hi + 0.5, hi - 0.5, hi + 1.5, 0.5, -0.5, 2.5, lo, hi]) * step
+    x.view(-1)[: ties.numel()] = ties
+    x.view(-1)[ties.numel(): ties.numel() + 401] = torch.arange(-200, 201) * (step / 2)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    weight = torch.randn(5, 6, 3, 3, generator=gen) * 0.2
+    target = torch.randn(2, 5, 18, 18, generator=gen)
+    results = []
+    for op in (LearnableFakeQuant.apply, lambda a, s, lo_, hi_: _lsq_spelled_out(a, s, lo_, hi_)):
+        a = x.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        log_amax = torch.tensor([float(torch.log(torch.tensor(step * hi)))], requires_grad=True)
+        scale = torch.exp(log_amax) / hi
+        out = torch.nn.functional.conv2d(op(a, scale, lo, hi), w)
+        ((out - target) ** 2).mean().backward()
+        results.append((out.detach(), a.grad, w.grad, log_amax.grad))
+    (o0, dx0, dw0, dl0), (o1, dx1, dw1, dl1) = results
+    assert torch.equal(o0, o1) and torch.equal(dx0, dx1) and torch.equal(dw0, dw1)
+    assert (dx0 == 0).any() and (dx0 != 0).any()  # both sides of the range were exercised
+    torch.testing.assert_close(dl0, dl1, rtol=1e-6, atol=0)
+    assert dl0.abs().item() > 0
+
+
+def test_the_fast_op_without_an_input_gradient():
+    """The network input needs no gradient: only the scale gets one, the same as with the gradient on."""
+    from trtqat.quant.learned_amax import LearnableFakeQuant
+
+    x = _gauss(5000).reshape(5, 10, 100) * 3
+    grads = []
+    for needs in (False, True):
+        s = torch.tensor([0.02], requires_grad=True)
+        a = x.clone().requires_grad_(needs)
+        (LearnableFakeQuant.apply(a, s, -128, 127) * torch.linspace(-1, 1, 100)).sum().backward()
+        assert (a.grad is not None) == needs
+        grads.append(s.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_every_learned_scale_moves_under_the_qat_step():
+    """The shipped QAT step (``trtqat.quant.qat._step``) with learned scales, on two quantized convs distilled
+    from their float twin: after a few steps every activation scale has moved away from its calibrated value,
+    the buffers carry the parameters' values, and the distillation loss went down."""
+    import copy
+
+    from trtqat.quant.modes import qat_mode, quant_disabled
+    from trtqat.quant.qat import Distillation, _step
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(quant_nn.QuantConv2d(3, 8, 3, padding=1), torch.nn.SiLU(),
+                                  quant_nn.QuantConv2d(8, 8, 3, padding=1), torch.nn.SiLU())
+    for conv, amax in ((student[0], 1.0), (student[2], 0.3)):  # deliberately off the data's range
+        conv.input_quantizer.amax = amax
+        conv.weight_quantizer.amax = conv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    teacher = copy.deepcopy(student)
+    distil = Distillation(student=[student[1], student[3]], teacher=[teacher[1], teacher[3]],
+                          params=list(student.parameters()))
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2
+    before = [float(q.amax) for q in (student[0].input_quantizer, student[2].input_quantizer)]
+    with qat_mode(student), quant_disabled(teacher), learned_amax(student) as learned:
+        opt = torch.optim.Adam([{"params": distil.params}, learned.param_group(1e-3)], lr=1e-3)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        losses = [_step(student, teacher, distil, x, opt, scaler, False, None, learned) for _ in range(8)]
+        params = [float(torch.exp(p.detach())) for p in learned.params]
+        after = [float(q.amax) for q in (student[0].input_quantizer, student[2].input_quantizer)]
+    assert all(abs(a - b) > 1e-4 * b for a, b in zip(after, before)), (before, after)
+    assert after == pytest.approx(params, rel=1e-6)
+    assert losses[-1] < losses[0], losses
