@@ -11,6 +11,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+import pytest
+
 _UPSTREAM = ("models", "utils", "ultralytics")
 
 
@@ -35,3 +37,12 @@ def isolated() -> Iterator[None]:
         yield
     finally:
         restore(before)
+
+
+@pytest.fixture(autouse=True)
+def restore_upstream_modules():
+    """Put the upstream modules back after each test. Autouse where it is imported: a test folder's
+    ``conftest.py`` (or a test module) does ``from upstream_modules import restore_upstream_modules``."""
+    before = upstream_modules()
+    yield
+    restore(before)

@@ -12,14 +12,7 @@ from pathlib import Path
 
 import pytest
 from eval_sizes import SIZE
-from upstream_modules import restore, upstream_modules
-
-
-@pytest.fixture(autouse=True)
-def restore_upstream_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
+from upstream_modules import restore, restore_upstream_modules, upstream_modules  # noqa: F401 (autouse)
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_helpers import SIZE, run_cli
-from upstream_modules import restore, upstream_modules
-
-
-@pytest.fixture(autouse=True)
-def restore_upstream_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
+from upstream_modules import restore, restore_upstream_modules, upstream_modules  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from upstream_modules import restore, upstream_modules
+from upstream_modules import restore_upstream_modules  # noqa: F401 (autouse)
 
 from trtqat.cli import main
 from trtqat.demo import fixtures
@@ -28,12 +28,6 @@ from trtqat.models.family import check_supported, detect_family
 DETECT = {"yolov8": "model.22", "yolo11": "model.23", "yolo26": "model.23"}
 VERSION = {"yolov8": "v8", "yolo11": "11", "yolo26": "26"}
 
-
-@pytest.fixture(autouse=True)
-def restore_ultralytics_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
 
 
 def one_error_line(output: str) -> str:

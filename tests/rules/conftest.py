@@ -7,14 +7,7 @@ import json
 
 import pytest
 from rules_helpers import SIZE, checkpoint_form, rules_cli
-from upstream_modules import restore, upstream_modules
-
-
-@pytest.fixture(autouse=True)
-def restore_upstream_modules():
-    before = upstream_modules()
-    yield
-    restore(before)
+from upstream_modules import restore, restore_upstream_modules, upstream_modules  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
