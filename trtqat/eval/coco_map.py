@@ -42,8 +42,10 @@ def coco_matching(gt: dict, detections: Sequence[dict], image_ids: Sequence[int]
         truth = COCO()
         truth.dataset = dataset
         truth.createIndex()
-        dets = truth.loadRes([dict(d) for d in detections]) if detections else COCO()
-        if not detections:  # loadRes refuses an empty list: an empty result set with the same images
+        if detections:
+            dets = truth.loadRes([dict(d) for d in detections])
+        else:  # loadRes refuses an empty list: an empty result set over the same images
+            dets = COCO()
             dets.dataset = {"images": list(gt["images"]), "annotations": [], "categories": gt["categories"]}
             dets.createIndex()
         ev = COCOeval(truth, dets, "bbox")
