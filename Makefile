@@ -39,7 +39,7 @@ test-all:
 test-gpu:  # CUDA paths (needs a GPU; CI has none)
 	$(PYTHON) -m pytest -q -m gpu tests/gpu
 
-fixtures:  # retrain the committed trained detectors (trtqat/demo/trained/): YOLOv5 ~45 min, YOLOv7 ~1 h, YOLOv8 ~30 min, one core each
+fixtures:  # retrain the committed trained detectors (trtqat/demo/trained/): YOLOv5 ~45 min, YOLOv7 ~1 h 45 min, YOLOv8 ~1 h, one core each
 	$(PYTHON) -m trtqat.demo.train_fixtures --all --build build
 
 bench:

@@ -37,8 +37,8 @@ FAMILY_WIDTH = {"yolov5": 0.25, "yolov7": 0.25, "yolov8": 0.25}
 ULTRALYTICS_CONFIG = {"yolov8": "yolov8n.yaml"}
 #: the committed fixtures' recipes (``make fixtures``); steps of ``batch_size`` images, one CPU thread each
 RECIPES = {"yolov5": {"steps": 2600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 500},
-           "yolov7": {"steps": 3200, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000},
-           "yolov8": {"steps": 1600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 400}}
+           "yolov7": {"steps": 5600, "batch_size": 8, "lr": 1.5e-3, "eval_every": 1000},
+           "yolov8": {"steps": 3200, "batch_size": 8, "lr": 1.5e-3, "eval_every": 800}}
 #: the shapes dataset they are trained on (``trtqat.demo.shapes``); val is the held-out split
 DATASET = {"train": 4000, "val": 300, "seed": 0}
 
