@@ -227,19 +227,39 @@ def peers_rows(p: dict | None) -> list[tuple[str, str, str]]:
 
 
 def accuracy_rows(a: dict | None) -> list[tuple[str, str, str]]:
-    """Headline accuracy keys (benchmarks/accuracy.py), then per family float / PTQ methods / QAT / ONNX mAP."""
+    """Headline accuracy keys (benchmarks/accuracy.py), then per family float / PTQ methods / QAT / ONNX mAP with
+    their 95 % intervals, and the differences behind the headline with their noise floors."""
     if not a or a.get("qat_map_drop") is None:
         return []
-    rows = [(f"{accuracy.LABELS[k]} (mAP@0.5:0.95 points, worse family)", _fmt(a[k], 2),
-             f"<= {accuracy.TARGETS[k]}" if k in accuracy.TARGETS else "") for k in accuracy.HEADLINE_KEYS]
+
+    def target(k: str) -> str:
+        if k in accuracy.TARGETS:
+            return f"<= {accuracy.TARGETS[k]}"
+        if k in accuracy.MIN_TARGETS:
+            return f">= {accuracy.MIN_TARGETS[k]}"
+        return "> noise floor" if k == "qat_gain_over_best_ptq" else ""
+
+    rows = [(f"{accuracy.LABELS[k]} (mAP@0.5:0.95 points, worse family)", _fmt(a.get(k), 2), target(k))
+            for k in accuracy.HEADLINE_KEYS]
     names = ("float", *accuracy.METHODS, "mse_no_share", "mse_tq007_report", "qat", "eval_qat_onnx")
     for fam, r in a.get("families", {}).items():
         v = r["rows"]
         shown = [n for n in names if n in v]
         rows.append((f"{fam} mAP@0.5:0.95: {' / '.join(accuracy.SHORT.get(n, n) for n in shown)}",
-                     " / ".join(_fmt(v[n]["map"], 4) for n in shown),
+                     " / ".join(_fmt(100 * v[n]["map"], 2) + _interval(v[n].get("interval")) for n in shown),
                      f"best PTQ by mAP {r['best_method_by_map']}, by SQNR {r['best_method_by_sqnr']}"))
+        for key, d in r.get("differences", {}).items():
+            if key.split(" - ")[0] in ("qat", r["best_method_by_map"], "eval_qat_onnx") and (
+                    key.startswith(("qat", "eval_qat_onnx")) or key.endswith("float")):
+                rows.append((f"{fam} {key.replace('eval_qat_onnx', 'ONNX')} (points)",
+                             f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}], kernels {d['kernel_spread']:.2f}",
+                             "resolved" if d["resolved"] else f"not resolved (floor {d['noise_floor']:.2f})"))
     return rows
+
+
+def _interval(iv) -> str:
+    """`` [low, high]`` of a row's 95 % interval (points), or nothing for rows measured before intervals."""
+    return f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else ""
 
 
 def update_readme(path: Path, summary: dict) -> None:
