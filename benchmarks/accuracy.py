@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -110,21 +111,32 @@ def run(ws: Workspace, cfg: Config) -> dict:
             log(f"accuracy: {family} ({s['val']} held-out images at {s['size']} px, {threads} thread(s))")
             children[family] = (out, work, subprocess.Popen(cmd, cwd=root, text=True,
                                                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}))
-        for family, (out, work, proc) in children.items():
-            if proc.wait() != 0:  # keep the other family's numbers; the failure is reported, not hidden
-                failed[family] = f"child exited {proc.returncode} (traceback above in the log)"
-                continue
-            result = json.loads(out.read_text())
-            for name in KERNEL_SETTINGS:
-                log(f"accuracy {family}: rescoring the artifacts ({name})")
-                result["kernel_runs"][name] = rescore(work, result, s, setting_env(name, os.environ, threads), root)
-            families[family] = summarize(result)
+        # each family is rescored as soon as its own child ends, while the others still run
+        with ThreadPoolExecutor(max_workers=len(children)) as pool:
+            jobs = {family: pool.submit(_finish, family, *child, s, threads, root)
+                    for family, child in children.items()}
+            for family, job in jobs.items():
+                try:
+                    families[family] = job.result()
+                except RuntimeError as exc:  # keep the other family's numbers; the failure is reported, not hidden
+                    failed[family] = str(exc)
     if not families:
         raise RuntimeError(f"accuracy failed for every family: {failed}")
     families = {**carried_over("accuracy", set(FAMILIES) - set(chosen)), **families}
     return {"settings": s, "kernel_settings": {k: v or "(see accuracy_stats)" for k, v in KERNEL_SETTINGS.items()},
             "families": families, "failed_families": failed, **headline(families), "targets": TARGETS,
             "min_targets": MIN_TARGETS}
+
+
+def _finish(family: str, out: Path, work: Path, proc: subprocess.Popen, s: dict, threads: int, root: Path) -> dict:
+    """Wait for ``family``'s child, rescore its artifacts under every kernel setting, summarize."""
+    if proc.wait() != 0:
+        raise RuntimeError(f"child exited {proc.returncode} (traceback above in the log)")
+    result = json.loads(out.read_text())
+    for name in KERNEL_SETTINGS:
+        log(f"accuracy {family}: rescoring the artifacts ({name})")
+        result["kernel_runs"][name] = rescore(work, result, s, setting_env(name, os.environ, threads), root)
+    return summarize(result)
 
 
 def _artifact_files(result: dict) -> dict[str, str]:
